@@ -1,0 +1,1 @@
+"""ComfyUI adapters. Only :mod:`.extension` and the node modules import ComfyUI."""

@@ -1,0 +1,30 @@
+"""The V3 extension object ComfyUI asks for through ``comfy_entrypoint``."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import attention_nodes, telemetry_nodes, vae_nodes
+
+_NODE_MODULES = (vae_nodes, attention_nodes, telemetry_nodes)
+log = logging.getLogger("wan_accel")
+
+
+def setup_features() -> None:
+    """Run each feature's one-time ``setup()`` (hooks, routes); a failing one is switched off alone."""
+    for module in _NODE_MODULES:
+        setup = getattr(module, "setup", None)
+        if setup is None:
+            continue
+        try:
+            setup()
+        except Exception as exc:
+            log.warning("wan_accel: %s setup failed, that feature is off: %s", module.__name__, exc)
+
+
+class WanAccelExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.64 and 0.8.0 never call ComfyExtension.on_load; this runs once per load.
+        setup_features()
+        return [node for module in _NODE_MODULES for node in module.NODES]

@@ -1,0 +1,66 @@
+"""Runs the engine on a ComfyUI ``comfy.sd.VAE``: its device, dtype, memory manager and progress bar."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder
+from ..vae_accel import decode as engine_decode
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Overrides:
+    max_vram_gb: float = 0.0
+    tile_size: int = 0  # output pixels
+    slice_frames: int = 0  # latent frames
+
+
+def unsupported_reason(vae) -> str | None:
+    model = getattr(vae, "first_stage_model", None)
+    if model is None:
+        return f"not a ComfyUI VAE ({type(vae).__name__})"
+    try:
+        build_decoder(model)
+    except UnsupportedVAE as exc:
+        return str(exc)
+    return None
+
+
+def _require_supported(vae):
+    reason = unsupported_reason(vae)
+    if reason:
+        raise UnsupportedVAE(f"Wan Accel VAE nodes support {SUPPORTED_VAES}; this VAE is not one: {reason}. "
+                             "Use core VAE Decode for it.")
+    return build_decoder(vae.first_stage_model)
+
+
+def _progress():
+    bar = comfy.utils.ProgressBar(1)
+    return lambda done, total: bar.update_absolute(done, total)
+
+
+def decode(vae, latent, overrides: Overrides):
+    """Same contract as ``comfy.sd.VAE.decode``: (B, T, H, W, C) float in [0, 1] on the intermediate device."""
+    vae.throw_exception_if_invalid()
+    graph = _require_supported(vae)
+    mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
+    device = vae.device
+    budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
+        mm.get_free_memory(device) if device.type == "cuda" else None)
+    tile = overrides.tile_size // graph.space_factor if overrides.tile_size else None
+    out = engine_decode(
+        vae.first_stage_model,
+        latent,
+        layout="comfy",
+        device=device,
+        dtype=vae.vae_dtype,
+        budget_bytes=budget,
+        tile=max(1, tile) if tile is not None else None,
+        slice_len=overrides.slice_frames or None,
+        progress=_progress(),
+    )
+    return out.to(vae.output_device)

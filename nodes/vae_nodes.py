@@ -1,0 +1,81 @@
+"""ComfyUI nodes over the VAE engine: a decode node and a patch that reroutes any VAE node."""
+from __future__ import annotations
+
+import copy
+import logging
+
+from comfy_api.latest import io
+
+from . import vae_bridge
+
+log = logging.getLogger("wan_accel")
+
+_PLAN_INPUTS_DOC = "0 lets the planner choose from free VRAM."
+
+
+def _plan_inputs() -> list:
+    return [
+        io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=512.0, step=0.25, optional=True,
+                       tooltip="Device memory the decode may use, in GiB. " + _PLAN_INPUTS_DOC),
+        io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, optional=True,
+                     tooltip="Largest spatial tile in output pixels. Tiles are exact (halo, no blending), "
+                             "smaller tiles use less VRAM and a little more time. " + _PLAN_INPUTS_DOC),
+        io.Int.Input("slice_frames", default=0, min=0, max=64, step=1, optional=True,
+                     tooltip="Latent frames per step (each decodes to 4 video frames); more is faster "
+                             "and uses more VRAM. " + _PLAN_INPUTS_DOC),
+    ]
+
+
+class WanAccelVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanAccelVAEDecode",
+            display_name="Wan VAE Decode (exact, low VRAM)",
+            category="wan_accel",
+            description="Decodes a Wan video latent with exact tiles and carried causal caches: the same frames "
+                        "as an untiled decode, with VRAM that stays flat however many frames there are.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The Wan video latent to decode (5-D: batch, channels, frames, h, w)."),
+                io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE."),
+                *_plan_inputs(),
+            ],
+            outputs=[io.Image.Output(tooltip="Decoded frames, like core VAE Decode's output.")],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
+        images = vae_bridge.decode(vae, samples["samples"], vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
+        if images.dim() == 5:  # video batches flatten to frames, as core VAE Decode does
+            images = images.reshape(-1, *images.shape[-3:])
+        return io.NodeOutput(images)
+
+
+class WanAccelVAEPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanAccelVAEPatch",
+            display_name="Wan VAE Accelerate (patch)",
+            category="wan_accel",
+            description="Returns the VAE with its decode and encode routed through the exact low-VRAM engine, so "
+                        "core VAE Decode, WanImageToVideo and every other node using it benefit. A VAE the "
+                        "engine does not support passes through unchanged.",
+            inputs=[io.Vae.Input("vae", tooltip="The VAE to accelerate (Wan 2.1 or Wan 2.2)."), *_plan_inputs()],
+            outputs=[io.Vae.Output(tooltip="The same VAE with accelerated decode/encode.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
+        reason = vae_bridge.unsupported_reason(vae)
+        if reason:
+            log.info("wan_accel: WanAccelVAEPatch leaves this VAE unchanged: %s", reason)
+            return io.NodeOutput(vae)
+        overrides = vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames)
+        patched = copy.copy(vae)  # shares weights and patcher; only the methods differ
+        patched.decode = lambda samples_in, vae_options={}: vae_bridge.decode(vae, samples_in, overrides)
+        patched.wan_accel_overrides = overrides
+        return io.NodeOutput(patched)
+
+
+NODES = [WanAccelVAEDecode, WanAccelVAEPatch]

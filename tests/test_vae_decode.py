@@ -1,0 +1,180 @@
+"""The engine's decode equals diffusers' untiled decode, for every plan, OOM retry and shape."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan_accel.vae_accel import BadLatent, UnsupportedVAE, build_decoder, decode
+from wan_accel.vae_accel import sink as sink_module
+
+from wan_fixtures import reference_decode, wan21, wan22
+
+TOL = 1e-5
+
+
+def _latent(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _raw(model, z, **kw):
+    # diffusers clamps its output; the engine returns the module's raw values
+    return decode(model, z, progress=False, **kw).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("tile,slice_len", [(None, None), (4, 1), (5, 2), (3, 3), (7, 8), (64, 2)])
+def test_tiled_sliced_decode_equals_untiled(tile, slice_len):
+    model = wan21()
+    z = _latent((1, 16, 4, 11, 13))  # 11x13: no tile size divides it
+    ref = reference_decode(model, z)
+    out = _raw(model, z, tile=tile, slice_len=slice_len)
+    assert out.shape == ref.shape == (1, 3, 13, 88, 104)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_short_videos(frames):
+    model = wan21()
+    z = _latent((1, 16, frames, 6, 7), seed=frames)
+    ref = reference_decode(model, z)
+    out = _raw(model, z, tile=3, slice_len=2)
+    assert out.shape == ref.shape == (1, 3, 1 + 4 * (frames - 1), 48, 56)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_batch_of_two_decodes_each_video():
+    model = wan21()
+    z = _latent((2, 16, 3, 6, 5), seed=3)
+    ref = torch.cat([reference_decode(model, z[i : i + 1]) for i in range(2)])
+    out = _raw(model, z, tile=4, slice_len=1)
+    assert (out - ref).abs().max().item() <= TOL
+    assert (out[0] - out[1]).abs().max() > 0.1  # the two videos really differ
+
+
+def test_comfy_layout_matches_vae_decode_contract():
+    model = wan21()
+    z = _latent((1, 16, 3, 5, 6), seed=4)
+    ref = reference_decode(model, z)
+    out = decode(model, z, layout="comfy", tile=2, slice_len=2, progress=False)
+    expected = ((ref + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # B, T, H, W, C
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert (out - expected).abs().max().item() <= TOL
+
+
+def test_wan22_vae_decode_exact():
+    model = wan22()
+    z = _latent((1, 48, 3, 5, 7), seed=5)
+    ref = reference_decode(model, z)
+    for tile, k in [(None, None), (2, 1), (3, 2)]:
+        out = _raw(model, z, tile=tile, slice_len=k)
+        assert out.shape == ref.shape == (1, 3, 9, 80, 112)
+        assert (out - ref).abs().max().item() <= TOL
+
+
+def test_halo_comes_from_the_module_tree():
+    # Wan 2.1 decoder: 6 convs at 1/8, 7 at 1/4, 7 at 1/2, 8 at full resolution -> 12.25 latent px
+    assert build_decoder(wan21()).halo_latent == pytest.approx(12.25)
+    # one residual block fewer per level shrinks the reach
+    assert build_decoder(wan21(num_res_blocks=1)).halo_latent == pytest.approx(8.5)
+
+
+class _Coverage:
+    """Counts how often each output element is written."""
+
+    def __init__(self, monkeypatch):
+        self.count = None
+        original = sink_module.HostSink.write
+
+        def write(sink, index, piece):
+            if self.count is None or self.count.shape != sink.out.shape:
+                self.count = torch.zeros(sink.out.shape, dtype=torch.int32)
+            self.count[index] += 1
+            original(sink, index, piece)
+
+        monkeypatch.setattr(sink_module.HostSink, "write", write)
+
+
+def _oom_at(calls_to_fail):
+    seen = {"n": 0, "stages": []}
+
+    def fault(stage, info):
+        seen["n"] += 1
+        if seen["n"] in calls_to_fail:
+            seen["stages"].append((stage, info["frames"]))
+            raise torch.OutOfMemoryError("injected")
+
+    return fault, seen
+
+
+def test_injected_oom_resumes_without_lost_or_duplicated_frames(monkeypatch, caplog):
+    model = wan21()
+    z = _latent((1, 16, 6, 9, 10), seed=6)
+    ref = reference_decode(model, z)
+    coverage = _Coverage(monkeypatch)
+    # calls 1-5: stem (frame 0, then 4 frames fail -> 2+2, then the last frame); 6-10: tile 1 with its
+    # 4-frame step failing (-> 2+2+1); 11: tile 2's first frame fails (-> split), 12: the half fails again
+    fault, seen = _oom_at({2, 7, 11, 12, 20})
+    out = _raw(model, z, tile=5, slice_len=4, fault=fault)
+    assert (out - ref).abs().max().item() <= TOL
+    assert coverage.count.min().item() == 1 and coverage.count.max().item() == 1
+    assert len(seen["stages"]) == 5
+    assert any(s == "stem" for s, _ in seen["stages"]) and any(s == "tile" for s, _ in seen["stages"])
+    retries = [r for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(retries) == 5  # one log line per retry
+
+
+def test_oom_on_first_frame_splits_the_tile(monkeypatch, caplog):
+    model = wan21()
+    z = _latent((1, 16, 3, 8, 8), seed=7)
+    ref = reference_decode(model, z)
+    fault, seen = _oom_at({3})  # stem has 2 steps (1 + 2 frames); step 3 is the first tile's first frame
+    out = _raw(model, z, tile=8, slice_len=2, fault=fault)
+    assert seen["stages"] == [("tile", (0, 1))]
+    assert (out - ref).abs().max().item() <= TOL
+    assert any("splitting it" in r.getMessage() for r in caplog.records)
+
+
+def test_oom_that_cannot_shrink_further_raises_clear_error():
+    model = wan21()
+    z = _latent((1, 16, 1, 2, 2), seed=8)
+
+    def always(stage, info):
+        raise torch.OutOfMemoryError("injected")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        decode(model, z, tile=1, slice_len=1, fault=always, progress=False)
+
+
+def test_progress_reports_every_step():
+    model = wan21()
+    z = _latent((1, 16, 4, 6, 6), seed=9)
+    calls = []
+    decode(model, z, tile=3, slice_len=2, progress=lambda d, t: calls.append((d, t)), layout="raw")
+    # stem: 1 + 2 steps; 4 tiles x (1 + 2) steps
+    assert [d for d, _ in calls] == list(range(1, 16))
+    assert calls[-1] == (15, 15)
+
+
+@pytest.mark.parametrize(
+    "latent,match",
+    [
+        (torch.zeros(1, 16, 8, 8), "4-D latent"),
+        (torch.zeros(1, 4, 2, 8, 8), "4 channels but this VAE expects 16"),
+        (torch.zeros(1, 48, 2, 8, 8), "Wan 2.2 VAE"),
+        (torch.zeros(1, 16, 0, 8, 8), "empty"),
+        (torch.full((1, 16, 2, 4, 4), float("nan")), "NaN"),
+        (torch.zeros(16, 2, 8), "5-D latent"),
+    ],
+)
+def test_bad_latents_get_clear_errors(latent, match):
+    with pytest.raises(BadLatent, match=match):
+        decode(wan21(), latent, progress=False)
+
+
+def test_unsupported_vae_names_the_supported_ones():
+    from diffusers import AutoencoderKL
+
+    sd_vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
+    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE"):
+        decode(sd_vae, torch.zeros(1, 4, 1, 4, 4), progress=False)
+    with pytest.raises(UnsupportedVAE, match="expected a VAE module"):
+        build_decoder("not a model")

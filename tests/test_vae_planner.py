@@ -1,0 +1,68 @@
+"""Planner properties: its tiles partition the image, its plan fits the budget when any plan can."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wan_accel.vae_accel import build_decoder, plan_decode
+from wan_accel.vae_accel.planner import estimate_bytes, grid
+
+from wan_fixtures import wan21
+
+UP = build_decoder(wan21()).up
+
+
+@given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 64), st.integers(1, 64))
+def test_grid_partitions_the_image(H, W, th, tw):
+    tiles = grid((H, W), th, tw)
+    covered = [[0] * W for _ in range(H)]
+    for r in tiles:
+        assert 0 < r.height <= th and 0 < r.width <= tw
+        for y in range(r.y0, r.y1):
+            for x in range(r.x0, r.x1):
+                covered[y][x] += 1
+    assert all(c == 1 for row in covered for c in row)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 200), st.integers(8, 200), st.integers(1, 41), st.floats(0.05, 64.0))
+def test_plan_fits_budget_when_possible(H, W, T, budget_gib):
+    budget = int(budget_gib * 2**30)
+    plan = plan_decode(UP, (H, W), T, 2, budget)
+    smallest = estimate_bytes(UP, min(8, H), min(8, W), 1, 2)
+    if smallest <= budget * 0.85:
+        assert plan.est_bytes <= budget * 0.85, plan
+        assert plan.reason == "fits"
+    assert 1 <= plan.slice_len <= max(1, T - 1) or T == 1
+    assert plan.tile_h <= H and plan.tile_w <= W
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(8, 200), st.integers(8, 200), st.integers(2, 41))
+def test_more_budget_never_means_more_steps(H, W, T):
+    def steps(plan):
+        return len(grid((H, W), plan.tile_h, plan.tile_w)) * math.ceil((T - 1) / plan.slice_len)
+
+    small = plan_decode(UP, (H, W), T, 2, 1 * 2**30)
+    big = plan_decode(UP, (H, W), T, 2, 64 * 2**30)
+    assert steps(big) <= steps(small)
+
+
+@given(st.integers(1, 64), st.integers(1, 8))
+def test_estimate_grows_with_tile_and_slice(tile, k):
+    assert estimate_bytes(UP, tile + 1, tile, k, 2) > estimate_bytes(UP, tile, tile, k, 2)
+    assert estimate_bytes(UP, tile, tile, k + 1, 2) > estimate_bytes(UP, tile, tile, k, 2)
+
+
+def test_overrides_are_respected():
+    plan = plan_decode(UP, (152, 104), 21, 2, 10 * 2**30, tile=32, slice_len=3)
+    assert (plan.tile_h, plan.tile_w, plan.slice_len, plan.reason) == (32, 32, 3, "user override")
+    plan = plan_decode(UP, (20, 20), 5, 2, None, tile=64)
+    assert (plan.tile_h, plan.tile_w) == (20, 20)
+
+
+def test_unlimited_budget_means_one_tile():
+    plan = plan_decode(UP, (152, 104), 21, 2, None)
+    assert (plan.tile_h, plan.tile_w) == (152, 104)

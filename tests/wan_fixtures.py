@@ -1,0 +1,41 @@
+"""Small random-weight Wan VAEs of the real architecture (diffusers' AutoencoderKLWan)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+diffusers = __import__("pytest").importorskip("diffusers", reason="CPU reference tests need diffusers (pip install .[test])")
+from diffusers import AutoencoderKLWan  # noqa: E402
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Non-trivial norms and biases, so a misplaced pixel or frame shows in the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / p[0].numel()) ** 0.5)
+            else:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def wan21(base_dim: int = 8, num_res_blocks: int = 2, seed: int = 0) -> torch.nn.Module:
+    m = AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=num_res_blocks,
+                         temperal_downsample=[False, True, True])
+    return _randomise(m, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def wan22(seed: int = 1) -> torch.nn.Module:
+    m = AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                         temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                         in_channels=12, out_channels=12, scale_factor_spatial=16)
+    return _randomise(m, seed)
+
+
+def reference_decode(model, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.decode(z, return_dict=False)[0]
