@@ -6,8 +6,10 @@ from dataclasses import dataclass
 import comfy.model_management as mm
 import comfy.utils
 
-from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder
+from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
 from ..vae_accel import decode as engine_decode
+from ..vae_accel import encode as engine_encode
+from ..vae_accel.runtime import default_budget
 
 GIB = 2**30
 
@@ -43,24 +45,33 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
+def _plan_args(vae, overrides: Overrides, space_factor: int) -> dict:
+    mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
+    device = vae.device
+    budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
+        default_budget(device, mm.get_free_memory(device)) if device.type == "cuda" else None)
+    tile = max(1, overrides.tile_size // space_factor) if overrides.tile_size else None
+    return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget, tile=tile,
+                slice_len=overrides.slice_frames or None, progress=_progress())
+
+
+def encode(vae, pixels, overrides: Overrides):
+    """Same contract as ``comfy.sd.VAE.encode``: frames (T, H, W, C) or (B, T, H, W, C) in [0, 1] ->
+    latent (B, C, T', h, w) on the intermediate device. Frames are cropped to the VAE's grid first,
+    exactly as core does."""
+    vae.throw_exception_if_invalid()
+    _require_supported(vae)
+    graph = build_encoder(vae.first_stage_model)
+    pixels = vae.vae_encode_crop_pixels(pixels)
+    if pixels.dim() == 4:
+        pixels = pixels.unsqueeze(0)
+    out = engine_encode(vae.first_stage_model, pixels, layout="comfy", **_plan_args(vae, overrides, graph.space_factor))
+    return out.to(vae.output_device)
+
+
 def decode(vae, latent, overrides: Overrides):
     """Same contract as ``comfy.sd.VAE.decode``: (B, T, H, W, C) float in [0, 1] on the intermediate device."""
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae)
-    mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
-    device = vae.device
-    budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
-        mm.get_free_memory(device) if device.type == "cuda" else None)
-    tile = overrides.tile_size // graph.space_factor if overrides.tile_size else None
-    out = engine_decode(
-        vae.first_stage_model,
-        latent,
-        layout="comfy",
-        device=device,
-        dtype=vae.vae_dtype,
-        budget_bytes=budget,
-        tile=max(1, tile) if tile is not None else None,
-        slice_len=overrides.slice_frames or None,
-        progress=_progress(),
-    )
+    out = engine_decode(vae.first_stage_model, latent, layout="comfy", **_plan_args(vae, overrides, graph.space_factor))
     return out.to(vae.output_device)

@@ -16,12 +16,13 @@ _PLAN_INPUTS_DOC = "0 lets the planner choose from free VRAM."
 def _plan_inputs() -> list:
     return [
         io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=512.0, step=0.25, optional=True,
-                       tooltip="Device memory the decode may use, in GiB. " + _PLAN_INPUTS_DOC),
+                       tooltip="Device memory the VAE may use, in GiB (0: free VRAM up to 3 GiB, which is as "
+                             "fast as more)."),
         io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, optional=True,
                      tooltip="Largest spatial tile in output pixels. Tiles are exact (halo, no blending), "
                              "smaller tiles use less VRAM and a little more time. " + _PLAN_INPUTS_DOC),
         io.Int.Input("slice_frames", default=0, min=0, max=64, step=1, optional=True,
-                     tooltip="Latent frames per step (each decodes to 4 video frames); more is faster "
+                     tooltip="Latent frames per step (each is 4 video frames); more is faster "
                              "and uses more VRAM. " + _PLAN_INPUTS_DOC),
     ]
 
@@ -51,6 +52,30 @@ class WanAccelVAEDecode(io.ComfyNode):
         return io.NodeOutput(images)
 
 
+class WanAccelVAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanAccelVAEEncode",
+            display_name="Wan VAE Encode (exact, low VRAM)",
+            category="wan_accel",
+            description="Encodes frames with a Wan VAE in temporal slices with carried causal caches (and exact "
+                        "tiles only when VRAM demands): the same latent as an untiled encode, VRAM flat in frames.",
+            inputs=[
+                io.Image.Input("pixels", tooltip="Frames to encode (a video is a batch of frames); 1 + 4k frames "
+                                                 "are used, extra frames are dropped as in core VAE Encode."),
+                io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE."),
+                *_plan_inputs(),
+            ],
+            outputs=[io.Latent.Output(tooltip="The video latent, like core VAE Encode's output.")],
+        )
+
+    @classmethod
+    def execute(cls, pixels, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
+        latent = vae_bridge.encode(vae, pixels, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
+        return io.NodeOutput({"samples": latent})
+
+
 class WanAccelVAEPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -74,8 +99,9 @@ class WanAccelVAEPatch(io.ComfyNode):
         overrides = vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames)
         patched = copy.copy(vae)  # shares weights and patcher; only the methods differ
         patched.decode = lambda samples_in, vae_options={}: vae_bridge.decode(vae, samples_in, overrides)
+        patched.encode = lambda pixel_samples: vae_bridge.encode(vae, pixel_samples, overrides)
         patched.wan_accel_overrides = overrides
         return io.NodeOutput(patched)
 
 
-NODES = [WanAccelVAEDecode, WanAccelVAEPatch]
+NODES = [WanAccelVAEDecode, WanAccelVAEEncode, WanAccelVAEPatch]

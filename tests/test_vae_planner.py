@@ -31,7 +31,7 @@ def test_grid_partitions_the_image(H, W, th, tw):
 def test_plan_fits_budget_when_possible(H, W, T, budget_gib):
     budget = int(budget_gib * 2**30)
     plan = plan_decode(UP, (H, W), T, 2, budget)
-    smallest = estimate_bytes(UP, min(8, H), min(8, W), 1, 2)
+    smallest = estimate_bytes(UP, min(8, H), min(8, W), 1, 2)  # the smallest candidate the planner has
     if smallest <= budget * 0.85:
         assert plan.est_bytes <= budget * 0.85, plan
         assert plan.reason == "fits"

@@ -1,7 +1,9 @@
 """Wan VAE decode/encode engine: exact tiling, carried causal caches, flat VRAM. No ComfyUI import."""
-from .adapters import SUPPORTED_VAES, UnsupportedVAE, build_decoder
+from .adapters import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
 from .decode import decode
+from .encode import encode
 from .planner import Plan, plan_decode
-from .validate import BadLatent
+from .validate import BadLatent, BadVideo
 
-__all__ = ["SUPPORTED_VAES", "UnsupportedVAE", "BadLatent", "Plan", "build_decoder", "decode", "plan_decode"]
+__all__ = ["SUPPORTED_VAES", "UnsupportedVAE", "BadLatent", "BadVideo", "Plan", "build_decoder", "build_encoder",
+           "decode", "encode", "plan_decode"]

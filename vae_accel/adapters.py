@@ -12,7 +12,12 @@ import torch
 
 from .ops import (
     AddShortcut,
+    AvgDown,
     Conv,
+    Patchify,
+    StridedDown,
+    TakeChannels,
+    TimeDown,
     DupUp,
     FrameAttention,
     NormAct,
@@ -200,3 +205,98 @@ def _walk(op: Op):
     yield op
     for child in _children(op):
         yield from _walk(child)
+
+
+@dataclass
+class EncoderGraph:
+    source: str
+    version: str
+    module: torch.nn.Module
+    in_channels: int  # image channels before any patchify
+    latent_channels: int
+    down: Seq  # (2.2: patchify,) conv in and the downsampling path: run per tile
+    tail: Seq  # middle block, head, quant conv, mean: latent resolution, whole frames
+    time_factor: int
+    space_factor: int
+
+    @property
+    def halo_pixels(self) -> float:
+        return self.down.halo()
+
+
+def _downsample(m) -> Seq:
+    if m.mode not in ("downsample2d", "downsample3d"):
+        raise UnsupportedVAE(f"encoder resample mode {m.mode!r} is not a downsampler")
+    ops: list[Op] = [StridedDown(m.resample[1])]
+    if m.mode == "downsample3d":
+        ops.append(TimeDown(m.time_conv))
+    return Seq(ops)
+
+
+def _down_item(m) -> Op:
+    if hasattr(m, "residual") or hasattr(m, "conv_shortcut"):
+        return _res(m)
+    if hasattr(m, "mode") and hasattr(m, "resample"):
+        return _downsample(m)
+    raise UnsupportedVAE(f"unexpected encoder block {type(m).__name__}")
+
+
+def _avg(m) -> AvgDown:
+    return AvgDown(m.in_channels, m.out_channels, m.factor_t, m.factor_s)
+
+
+def _down_block(m) -> Op:
+    if hasattr(m, "downsamples") and isinstance(m.downsamples, torch.nn.Sequential):  # ComfyUI 2.2 Down_ResidualBlock
+        return AddShortcut(Seq([_down_item(x) for x in m.downsamples]), _avg(m.avg_shortcut))
+    if hasattr(m, "resnets"):  # diffusers WanResidualDownBlock
+        items: list[Op] = [_res(r) for r in m.resnets]
+        if getattr(m, "downsampler", None) is not None:
+            items.append(_downsample(m.downsampler))
+        return AddShortcut(Seq(items), _avg(m.avg_shortcut))
+    return _down_item(m)
+
+
+def build_encoder(vae) -> EncoderGraph:
+    """The op graph of a Wan VAE encoder, or :class:`UnsupportedVAE` naming what is supported."""
+    m = _find_vae(vae)
+    enc = getattr(m, "encoder", None)
+    if enc is None:
+        raise UnsupportedVAE(f"{type(m).__name__} has no encoder. Supported: {SUPPORTED_VAES}")
+    try:
+        if hasattr(enc, "middle") and hasattr(m, "conv1") and hasattr(m, "conv2"):
+            source, quant, conv_in = "comfyui", m.conv1, enc.conv1
+            mid = list(enc.middle)
+            blocks = list(enc.downsamples)
+            head_norm, _, head_conv = list(enc.head)
+        elif hasattr(enc, "mid_block") and hasattr(m, "quant_conv"):
+            source, quant, conv_in = "diffusers", m.quant_conv, enc.conv_in
+            mb = enc.mid_block
+            mid = [mb.resnets[0], mb.attentions[0], mb.resnets[1]]
+            blocks = list(enc.down_blocks)
+            head_norm, head_conv = enc.norm_out, enc.conv_out
+        else:
+            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE. Supported: {SUPPORTED_VAES}")
+        down_ops: list[Op] = [Conv(conv_in)] + [_down_block(b) for b in blocks]
+        latent_channels = quant.weight.shape[0] // 2
+        tail = Seq([_res(mid[0]), _attention(mid[1]), _res(mid[2]), _norm(head_norm), Conv(head_conv), Conv(quant),
+                    TakeChannels(latent_channels)])
+    except (AttributeError, ValueError, TypeError, IndexError) as exc:
+        if isinstance(exc, UnsupportedVAE):
+            raise
+        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc}). Supported: {SUPPORTED_VAES}") from exc
+    in_channels = conv_in.weight.shape[1]
+    patch = 1
+    if in_channels == 12:  # Wan 2.2 folds 2x2 pixels into channels first
+        patch = 2
+        down_ops.insert(0, Patchify(patch))
+        in_channels //= patch * patch
+    down = Seq(down_ops)
+    number_ops(Seq([down, tail]))
+    size, time_factor = (1 << 12, 1 << 12), 1
+    out = down.out_size(size)
+    for op in _walk(down):
+        if isinstance(op, TimeDown):
+            time_factor *= 2
+    return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", module=m, in_channels=in_channels,
+                        latent_channels=latent_channels, down=down, tail=tail, time_factor=time_factor,
+                        space_factor=size[0] // out[0])

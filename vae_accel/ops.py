@@ -100,6 +100,10 @@ class Op:
     def scale(self) -> int:
         return 1
 
+    def rate(self) -> float:
+        """Output pixels per input pixel along each axis (2 for upsampling, 0.5 for downsampling)."""
+        return float(self.scale())
+
 
 class Conv(Op):
     """A (causal) convolution: Conv3d with kernel (kt, k, k) or a Conv2d applied per frame.
@@ -126,47 +130,32 @@ class Conv(Op):
     def need(self, out: Rect, size: Size) -> Rect:
         return out.grow(self.r, size)
 
-    def _assemble(self, x: torch.Tensor, inr: Rect, out: Rect, cache, ctx: ExecContext):
-        """One buffer holding [cache frames | x] with zero borders where the image ends."""
-        r = self.r
-        pt, pb = r - (out.y0 - inr.y0), r - (inr.y1 - out.y1)
-        pl, pr = r - (out.x0 - inr.x0), r - (inr.x1 - out.x1)
-        lead = self.kt - 1
-        b, c, t, h, w = x.shape
-        if lead == 0 and not (pt or pb or pl or pr):
-            return x, None
-        buf = ctx.empty((b, c, lead + t, h + pt + pb, w + pl + pr))
-        if pt:
-            buf[:, :, :, :pt].zero_()
-        if pb:
-            buf[:, :, :, h + pt :].zero_()
-        if pl:
-            buf[:, :, :, pt : pt + h, :pl].zero_()
-        if pr:
-            buf[:, :, :, pt : pt + h, w + pl :].zero_()
-        inner = buf[:, :, :, pt : pt + h, pl : pl + w]
-        if lead:
-            if cache is None:
-                inner[:, :, :lead].zero_()
-            else:
-                inner[:, :, :lead].copy_(cache)
-        inner[:, :, lead:].copy_(x)
-        new_cache = inner[:, :, -lead:].clone() if lead else None
-        return buf, new_cache
-
     def run(self, x, have, out, size, st, ctx):
+        """Causal frames by concatenation in time (a contiguous copy in channels-last), zero
+        borders by the convolution's own padding: where a tile needs padding on one side only,
+        both sides are padded and the extra output row or column is cropped away."""
+        r = self.r
         inr = self.need(out, size)
         x = crop(x, have, inr)
-        cache = None
         if self.kt > 1:
+            lead = self.kt - 1
             saved = st.get(self.key)
-            if saved is not None:
-                cache = crop(saved[0], saved[1], inr)
-        buf, new_cache = self._assemble(x, inr, out, cache, ctx)
-        if self.kt > 1:
-            st.put(self.key, (new_cache, inr))
+            if saved is None:
+                b, c, _, h, w = x.shape
+                head = ctx.empty((b, c, lead, h, w)).zero_()
+            else:
+                head = crop(saved[0], saved[1], inr)
+            x = torch.cat([head, x], dim=2)
+            if ctx.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            st.put(self.key, (x[:, :, -lead:].clone(), inr))
+        py = max(r - (out.y0 - inr.y0), r - (inr.y1 - out.y1))
+        px = max(r - (out.x0 - inr.x0), r - (inr.x1 - out.x1))
         w, b = ctx.weight(self.key, self.module, as_3d=True)
-        return F.conv3d(buf, w, b)
+        y = F.conv3d(x, w, b, padding=(0, py, px))
+        # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
+        got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
+        return crop(y, got, out)
 
 
 class NormAct(Op):
@@ -233,11 +222,17 @@ class Seq(Op):
         return x
 
     def halo(self):
-        total, f = 0.0, 1
+        total, f = 0.0, 1.0
         for op in self.ops:
             total += op.halo() / f
-            f *= op.scale()
+            f *= op.rate()
         return total
+
+    def rate(self):
+        f = 1.0
+        for op in self.ops:
+            f *= op.rate()
+        return f
 
     def scale(self):
         f = 1
@@ -281,9 +276,9 @@ class Upsample2x(Op):
     def run(self, x, have, out, size, st, ctx):
         inr = self.need(out, size)
         x = crop(x, have, inr)
-        b, c, t, h, w = x.shape
-        y = ctx.empty((b, c, t, 2 * h, 2 * w))
-        y.view(b, c, t, h, 2, w, 2).copy_(x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2))
+        if ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        y = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
         return crop(y, inr.scale(2), out)
 
     def scale(self):
@@ -308,9 +303,9 @@ class TimeUpsample(Op):
         y = self.conv.run(x, out, out, size, st, ctx)
         b, c2, t, h, w = y.shape
         c = c2 // 2
-        z = ctx.empty((b, c, t, 2, h, w))
-        z.copy_(y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5))
-        return z.view(b, c, 2 * t, h, w)
+        z = ctx.empty((b, c, 2 * t, h, w))
+        z.view(b, c, t, 2, h, w).copy_(y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5))
+        return z
 
 
 class DupUp(Op):
@@ -366,6 +361,9 @@ class AddShortcut(Op):
 
     def scale(self):
         return self.main.scale()
+
+    def rate(self):
+        return self.main.rate()
 
 
 class Unpatchify(Op):
@@ -444,3 +442,119 @@ def _children(op: Op):
     if isinstance(op, FrameAttention):
         return [op.norm]
     return []
+
+
+class StridedDown(Op):
+    """Wan's spatial downsample: zero pad one row/column at the bottom/right, 3x3 conv, stride 2."""
+
+    def __init__(self, conv2d: torch.nn.Module):
+        self.module = conv2d
+        if tuple(conv2d.stride) != (2, 2) or conv2d.weight.shape[-1] != 3:
+            raise ValueError("expected a 3x3 stride-2 Conv2d")
+
+    def out_size(self, size):
+        return (size[0] + 1 - 3) // 2 + 1, (size[1] + 1 - 3) // 2 + 1
+
+    def need(self, out, size):
+        return Rect(2 * out.y0, min(2 * out.y1 + 1, size[0]), 2 * out.x0, min(2 * out.x1 + 1, size[1]))
+
+    def halo(self):
+        return 1.0
+
+    def rate(self):
+        return 0.5
+
+    def run(self, x, have, out, size, st, ctx):
+        inr = self.need(out, size)
+        x = crop(x, have, inr)
+        pb, pr = 2 * out.y1 + 1 - inr.y1, 2 * out.x1 + 1 - inr.x1
+        if pb or pr:
+            x = F.pad(x, (0, pr, 0, pb))
+        w, b = ctx.weight(self.key, self.module, as_3d=True)
+        return F.conv3d(x, w, b, stride=(1, 2, 2))
+
+
+class TimeDown(Op):
+    """Wan's ``downsample3d`` time conv: the first chunk passes through; later chunks are
+    convolved (3 frames, stride 2) together with the last frame seen before."""
+
+    def __init__(self, conv: torch.nn.Module):
+        self.module = conv
+
+    def need(self, out, size):
+        return out
+
+    def run(self, x, have, out, size, st, ctx):
+        x = crop(x, have, out)
+        saved = st.get(self.key)
+        st.put(self.key, (x[:, :, -1:].clone(), out))
+        if saved is None:
+            return x
+        x = torch.cat([crop(saved[0], saved[1], out), x], dim=2)
+        w, b = ctx.weight(self.key, self.module, as_3d=True)
+        return F.conv3d(x, w, b, stride=(2, 1, 1))
+
+
+class AvgDown(Op):
+    """Wan 2.2's parameter-free shortcut: average groups of channels x (2 frames) x 2x2 pixels;
+    a chunk of odd length is padded with a zero frame in front (the first chunk)."""
+
+    def __init__(self, in_ch: int, out_ch: int, factor_t: int, factor_s: int):
+        self.in_ch, self.out_ch, self.ft, self.fs = in_ch, out_ch, factor_t, factor_s
+        self.group = in_ch * factor_t * factor_s * factor_s // out_ch
+
+    def out_size(self, size):
+        return size[0] // self.fs, size[1] // self.fs
+
+    def need(self, out, size):
+        return out.scale(self.fs)
+
+    def rate(self):
+        return 1.0 / self.fs
+
+    def run(self, x, have, out, size, st, ctx):
+        x = crop(x, have, self.need(out, size))
+        pad_t = (self.ft - x.shape[2] % self.ft) % self.ft
+        if pad_t:
+            x = F.pad(x, (0, 0, 0, 0, pad_t, 0))
+        b, c, t, h, w = x.shape
+        ft, fs = self.ft, self.fs
+        x = x.reshape(b, c, t // ft, ft, h // fs, fs, w // fs, fs).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        x = x.reshape(b, self.out_ch, self.group, t // ft, h // fs, w // fs)
+        return x.mean(dim=2)
+
+
+class Patchify(Op):
+    """Wan 2.2's pixel unshuffle at the input: 2x2 pixels -> channels (c, r, q)."""
+
+    def __init__(self, patch: int):
+        self.p = patch
+
+    def out_size(self, size):
+        return size[0] // self.p, size[1] // self.p
+
+    def need(self, out, size):
+        return out.scale(self.p)
+
+    def rate(self):
+        return 1.0 / self.p
+
+    def run(self, x, have, out, size, st, ctx):
+        x = crop(x, have, self.need(out, size))
+        b, c, t, h, w = x.shape
+        p = self.p
+        x = x.reshape(b, c, t, h // p, p, w // p, p).permute(0, 1, 6, 4, 2, 3, 5)
+        return x.reshape(b, c * p * p, t, h // p, w // p)
+
+
+class TakeChannels(Op):
+    """The first ``n`` channels (the latent mean of the encoder's mean/log-variance output)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def need(self, out, size):
+        return out
+
+    def run(self, x, have, out, size, st, ctx):
+        return crop(x, have, out)[:, : self.n]

@@ -27,3 +27,28 @@ def check_latent(latent, channels: int) -> torch.Tensor:
     if not torch.isfinite(latent).all():
         raise BadLatent("latent contains NaN or infinite values; the sampler diverged (try another seed, fewer LoRAs, or fp16->bf16)")
     return latent
+
+
+class BadVideo(ValueError):
+    pass
+
+
+def check_video(video, channels: int, space_factor: int, layout: str) -> torch.Tensor:
+    """A 5-D video whose frame size the VAE can encode exactly."""
+    if not isinstance(video, torch.Tensor):
+        raise BadVideo(f"expected an image/video tensor, got {type(video).__name__}")
+    if video.dim() != 5:
+        want = "(batch, frames, height, width, 3)" if layout == "comfy" else "(batch, 3, frames, height, width)"
+        raise BadVideo(f"expected a 5-D video {want}, got shape {tuple(video.shape)}")
+    c = video.shape[-1] if layout == "comfy" else video.shape[1]
+    frames, (h, w) = (video.shape[1], video.shape[2:4]) if layout == "comfy" else (video.shape[2], video.shape[3:5])
+    if c != channels:
+        raise BadVideo(f"video has {c} channels but this VAE encodes {channels} (RGB); drop alpha first")
+    if video.numel() == 0 or frames == 0:
+        raise BadVideo(f"video is empty: shape {tuple(video.shape)}")
+    if h % space_factor or w % space_factor:
+        raise BadVideo(f"frame size {h}x{w} is not a multiple of {space_factor}; resize or crop it "
+                       f"(ComfyUI's VAE Encode crops to a multiple of {space_factor} for you)")
+    if not torch.isfinite(video).all():
+        raise BadVideo("video contains NaN or infinite values")
+    return video

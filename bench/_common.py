@@ -1,0 +1,88 @@
+"""Shared benchmark plumbing: import this repo as ``wan_accel`` (as ComfyUI would) and ComfyUI itself."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_wan_accel():
+    if "wan_accel" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["wan_accel"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["wan_accel"]
+
+
+def load_comfy(path: str | None):
+    """Put a ComfyUI checkout on sys.path (its modules are the anchors we measure against)."""
+    if not path:
+        return None
+    sys.path.insert(0, str(Path(path).resolve()))
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+    return path
+
+
+def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights scaled like a trained net (1/sqrt(fan_in)); norms at 1, biases at 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            elif "gamma" in name:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model.eval()
+
+
+class Timer:
+    """Wall time with device sync and peak allocated memory over the block."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_gib = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.extra_gib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**30
+        else:
+            self.peak_gib = self.extra_gib = 0.0
+        self.seconds = time.perf_counter() - self.t0
+
+
+def error_stats(out01: torch.Tensor, ref01: torch.Tensor) -> dict:
+    """Max abs error and PSNR (dB) of two videos in [0, 1]."""
+    d = (out01.float() - ref01.float())
+    mse = d.pow(2).mean().item()
+    return {"max_abs": d.abs().max().item(), "psnr_db": (10 * math.log10(1.0 / mse)) if mse > 0 else float("inf")}
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1))
+    print(json.dumps(data, indent=1))

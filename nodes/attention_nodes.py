@@ -1,0 +1,103 @@
+"""WanAccelAttention: pick the attention backend per model (ComfyUI V3 node).
+
+The node clones the MODEL and sets ``transformer_options["optimized_attention_override"]`` on the
+clone (ComfyUI 0.3.60+ consults it around every attention call). An override already on the model
+is chained: whatever this node hands to ``comfy_default`` goes through it.
+"""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..attention import backends as B
+from ..attention.override import ATTENTION_KINDS, AttentionOverride, Schedule, parse_ranges
+from ..attention.verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE
+
+OVERRIDE_KEY = "optimized_attention_override"
+
+BACKEND_TOOLTIP = (
+    "Attention kernel for this model. sdpa: PyTorch picks; sdpa_cudnn/sdpa_flash/sdpa_efficient/sdpa_math: "
+    "PyTorch SDPA pinned to one kernel; sub_quad: chunked pure-torch attention under a memory budget (CPU, small "
+    "cards); sage/sage3: SageAttention (installed version) / SageAttention 3; flash_attn: flash-attn 2 or 3; "
+    "flash_attn_4: flash-attn-4 (CuTe); xformers; kitchen_int8: comfy-kitchen INT8 attention; cudnn_fp8: FP8 "
+    "attention through the cuDNN frontend (Hopper/Blackwell); auto: time every available backend on the first "
+    "call of each shape and keep the fastest that passes verification; comfy_default: leave ComfyUI's choice. "
+    "A backend that is not installed or cannot take a call hands it to the fallback (logged once per reason).")
+
+
+def _label(model) -> str:
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    return f"{type(inner).__name__ if inner is not None else 'model'}@{id(model) & 0xFFFFFF:06x}"
+
+
+class WanAccelAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = B.names()
+        return io.Schema(
+            node_id="WanAccelAttention",
+            display_name="Wan Accel Attention",
+            category="wan_accel",
+            description="Per-model attention backend with fallback, verification and a step/block schedule. "
+                        "Outputs a patched clone; the input model is untouched. Put one on each Wan 2.2 expert "
+                        "to give them different backends.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to patch (a clone is patched, not this one)."),
+                io.Combo.Input("backend", options=choices, default="auto", tooltip=BACKEND_TOOLTIP),
+                io.Combo.Input("fallback", options=[n for n in choices if n != B.AUTO], default="sdpa",
+                               tooltip="Used for calls the schedule leaves out, and for any call the backend cannot "
+                                       "take (package missing, a mask it would ignore, unsupported head dim or "
+                                       "dtype, an error, failed verification). comfy_default = ComfyUI's own "
+                                       "attention (or an override that was already on the model)."),
+                io.Boolean.Input("verify", default=True,
+                                 tooltip="Compare the first call of each shape against float32 SDPA (on up to 1024 "
+                                         "query rows); on a failed check or non-finite output use the fallback for "
+                                         "that shape and warn once."),
+                io.Float.Input("min_cosine", default=DEFAULT_MIN_COSINE, min=0.0, max=1.0, step=0.0001,
+                               tooltip="Verification: the lowest cosine similarity to the float32 reference accepted."),
+                io.Float.Input("max_rel_error", default=DEFAULT_MAX_REL_ERROR, min=0.0, max=10.0, step=0.001,
+                               tooltip="Verification: the largest relative L2 error to the float32 reference accepted."),
+                io.Combo.Input("attention", options=list(ATTENTION_KINDS), default="all",
+                               tooltip="Which attention calls use the backend: all, self (video tokens to "
+                                       "themselves) or cross (to the text/image context). The rest use the fallback."),
+                io.String.Input("steps", default="",
+                                tooltip="Sampling steps that use the backend, 0-based within this sampler's steps, "
+                                        "e.g. '0-3, 10-'. Empty = all. Other steps use the fallback."),
+                io.String.Input("blocks", default="",
+                                tooltip="Transformer blocks that use the backend (block_index, 0-based), e.g. "
+                                        "'0-29' or '0, 39'. Empty = all. Other blocks use the fallback."),
+            ],
+            outputs=[io.Model.Output(tooltip="A clone of the model that uses the chosen attention.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps: str = "", blocks: str = "", **kwargs) -> bool | str:
+        try:
+            parse_ranges(steps)
+            parse_ranges(blocks)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, model, backend: str, fallback: str, verify: bool, min_cosine: float, max_rel_error: float,
+                attention: str, steps: str, blocks: str) -> io.NodeOutput:
+        return io.NodeOutput(patch_model(model, backend, fallback, verify=verify, attention=attention, steps=steps,
+                                         blocks=blocks, min_cosine=min_cosine, max_rel_error=max_rel_error))
+
+
+def patch_model(model, backend: str, fallback: str = "sdpa", *, verify: bool = True, attention: str = "all",
+                steps: str = "", blocks: str = "", min_cosine: float = DEFAULT_MIN_COSINE,
+                max_rel_error: float = DEFAULT_MAX_REL_ERROR):
+    """Clone ``model`` (a ModelPatcher) and put an :class:`AttentionOverride` on the clone."""
+    patched = model.clone()  # deep-copies model_options: the input's transformer_options stay as they were
+    topts = patched.model_options.setdefault("transformer_options", {})
+    previous = topts.get(OVERRIDE_KEY)
+    if backend == B.COMFY_DEFAULT and fallback == B.COMFY_DEFAULT:
+        return patched  # nothing to change
+    topts[OVERRIDE_KEY] = AttentionOverride(
+        backend, fallback, verify=verify, schedule=Schedule(attention, steps, blocks), previous=previous,
+        min_cosine=min_cosine, max_rel_error=max_rel_error, label=_label(patched))
+    return patched
+
+
+NODES: list = [WanAccelAttention]

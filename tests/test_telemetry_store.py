@@ -1,0 +1,116 @@
+"""CPU tests of the run store and the HTTP route logic (ids validated, nothing outside the folder)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wan_accel.telemetry.recorder import Recorder, new_run_id
+from wan_accel.telemetry.store import RunStore, handle_get, handle_list, run_to_csv, valid_run_id
+
+
+def _run(store=None, error=None):
+    rec = Recorder(store=store)
+    rec.begin_run("prompt-1")
+    rec.node_start("1", "EmptyImage")
+    rec.node_finish("1")
+    rec.node_finish("2", "SaveImage")  # cached
+    rec.node_start("3", "Bad")
+    return rec.end_run(status="error" if error else "success",
+                       error={"node_id": "3", "type": "X", "message": error} if error else None)
+
+
+def test_run_saved_as_json_and_csv(tmp_path):
+    store = RunStore(lambda: tmp_path)
+    run = _run(store)
+    folder = tmp_path / "wan_accel" / "telemetry"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{run['id']}.csv", f"{run['id']}.json"]
+    assert json.loads((folder / f"{run['id']}.json").read_text())["nodes"] == json.loads(json.dumps(run["nodes"]))
+    rows = list(csv.DictReader(io.StringIO((folder / f"{run['id']}.csv").read_text())))
+    assert [r["node_id"] for r in rows] == ["1", "2", "3"]
+    assert rows[1]["cached"] == "True" and rows[0]["type"] == "EmptyImage"
+    assert store.list()[0]["id"] == run["id"] and store.list()[0]["prompt_id"] == "prompt-1"
+
+
+def test_csv_cells_cannot_become_formulas():
+    run = _run(error="=cmd|' /C calc'!A0")
+    text = run_to_csv(run)
+    row = list(csv.DictReader(io.StringIO(text)))[2]
+    assert row["error"].startswith("'=")
+
+
+def test_run_ids_are_valid_and_sortable():
+    a, b = new_run_id(1_700_000_000), new_run_id(1_700_000_001)
+    assert valid_run_id(a) and valid_run_id(b) and a[:15] < b[:15]
+
+
+def test_routes_validate_ids_and_formats(tmp_path):
+    store = RunStore(tmp_path)
+    run = _run(store)
+    assert handle_get(store, run["id"])[0] == 200
+    status, ctype, body = handle_get(store, run["id"], "csv")
+    assert status == 200 and ctype == "text/csv" and body.startswith("run_id,")
+    for bad in ("../../etc/passwd", "..", "", "a" * 300, run["id"].upper(), run["id"] + "/x", run["id"] + "\x00",
+                run["id"] + ".json", "/" + run["id"], "20250101-000000-0123abc", " " + run["id"]):
+        assert handle_get(store, bad)[0] == 400, bad
+    assert handle_get(store, run["id"], "../json")[0] == 400
+    assert handle_get(store, run["id"], "html")[0] == 400
+    assert handle_get(store, "20000101-000000-00000000")[0] == 404
+    assert handle_list(store, {})[0] == 200
+    assert handle_list(store, {"limit": "5"})[1]["runs"][0]["id"] == run["id"]
+    for bad in ("0", "-1", "100000", "x", "1.5", ""):
+        assert handle_list(store, {"limit": bad})[0] == 400, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_arbitrary_ids_never_touch_files_outside(run_id):
+    store = RunStore("/nonexistent-root-for-test")
+    status, _, _ = handle_get(store, run_id)
+    assert status in (400, 404)
+    if status == 404:
+        assert valid_run_id(run_id)
+
+
+def test_save_rejects_a_forged_id_and_writes_nothing(tmp_path):
+    store = RunStore(tmp_path)
+    import pytest
+
+    with pytest.raises(ValueError):
+        store.save({"id": "../../escape", "nodes": []})
+    assert not any(tmp_path.rglob("*escape*"))
+    assert not (tmp_path.parent / "escape.json").exists()
+
+
+def test_store_keeps_the_newest_runs(tmp_path):
+    store = RunStore(tmp_path, keep=3)
+    ids = []
+    for i in range(5):
+        rid = f"2026010{i + 1}-000000-0000000{i}"
+        ids.append(rid)
+        store.save({"id": rid, "nodes": [], "totals": {}})
+    left = sorted(p.name for p in (tmp_path / "wan_accel" / "telemetry").iterdir())
+    assert left == sorted(f"{r}.{e}" for r in ids[2:] for e in ("json", "csv"))
+
+
+def test_failing_store_does_not_fail_the_run(tmp_path):
+    class Broken(RunStore):
+        def save(self, run):
+            raise OSError("disk full")
+
+    run = _run(Broken(tmp_path))
+    assert run["status"] == "success" and run["nodes"]
+
+
+def test_output_folder_asked_for_on_each_save(tmp_path):
+    where = {"dir": tmp_path / "a"}
+    store = RunStore(lambda: where["dir"])
+    _run(store)
+    where["dir"] = tmp_path / "b"
+    _run(store)
+    assert len(os.listdir(tmp_path / "a" / "wan_accel" / "telemetry")) == 2
+    assert len(os.listdir(tmp_path / "b" / "wan_accel" / "telemetry")) == 2

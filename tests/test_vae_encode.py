@@ -1,0 +1,103 @@
+"""The engine's encode equals diffusers' untiled encode, for every plan, OOM retry and input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan_accel.vae_accel import BadVideo, UnsupportedVAE, build_encoder, encode
+
+from wan_fixtures import wan21, wan22
+
+TOL = 1e-5
+
+
+def _video(shape, seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _ref(model, x):
+    with torch.no_grad():
+        return model.encode(x).latent_dist.mean
+
+
+@pytest.mark.parametrize("tile,slice_len", [(None, None), (2, 1), (3, 2), (4, 3)])
+def test_sliced_tiled_encode_equals_untiled_wan21(tile, slice_len):
+    model = wan21()
+    x = _video((1, 3, 13, 56, 40))  # 7x5 latent: no tile size divides it
+    ref = _ref(model, x)
+    out = encode(model, x, tile=tile, slice_len=slice_len, progress=False)
+    assert out.shape == ref.shape == (1, 16, 4, 7, 5)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("tile,slice_len", [(None, None), (2, 1), (3, 2)])
+def test_sliced_tiled_encode_equals_untiled_wan22(tile, slice_len):
+    model = wan22()
+    x = _video((1, 3, 9, 64, 80), seed=1)
+    ref = _ref(model, x)
+    out = encode(model, x, tile=tile, slice_len=slice_len, progress=False)
+    assert out.shape == ref.shape == (1, 48, 3, 4, 5)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_single_image_and_batch():
+    model = wan21()
+    x = _video((2, 3, 1, 32, 24), seed=2)
+    ref = torch.cat([_ref(model, x[i : i + 1]) for i in range(2)])
+    out = encode(model, x, tile=2, progress=False)
+    assert out.shape == (2, 16, 1, 4, 3)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_comfy_layout_and_frame_trim(caplog):
+    model = wan21()
+    x = _video((1, 3, 7, 32, 32), seed=3)  # 7 frames: core encodes 5 and drops 2
+    ref = _ref(model, x[:, :, :5])
+    frames01 = ((x + 1) / 2).permute(0, 2, 3, 4, 1)  # B, T, H, W, C in [0, 1]
+    with caplog.at_level("INFO", logger="wan_accel"):
+        out = encode(model, frames01, layout="comfy", tile=2, slice_len=1, progress=False)
+    assert out.shape == ref.shape == (1, 16, 2, 4, 4)
+    assert (out - ref).abs().max().item() <= 2e-5  # x -> (x+1)/2 -> 2y-1 rounds once more
+    assert any("the last 2 are dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_injected_oom_in_encode_keeps_finished_work():
+    model = wan21()
+    x = _video((1, 3, 13, 48, 48), seed=4)
+    ref = _ref(model, x)
+    seen = {"n": 0, "failed": []}
+
+    def fault(stage, info):
+        seen["n"] += 1
+        if seen["n"] in (2, 5, 9, 14):
+            seen["failed"].append(stage)
+            raise torch.OutOfMemoryError("injected")
+
+    out = encode(model, x, tile=3, slice_len=2, fault=fault, progress=False)
+    assert (out - ref).abs().max().item() <= TOL
+    assert len(seen["failed"]) == 4 and "encode" in seen["failed"]
+
+
+def test_encoder_halo_comes_from_the_module_tree():
+    # 5 convs + the stride-2 conv at full res, then 5, 5 and 4 convs at 1/2, 1/4, 1/8: 6+10+20+32 px
+    assert build_encoder(wan21()).halo_pixels == pytest.approx(68.0)
+
+
+@pytest.mark.parametrize(
+    "video,layout,match",
+    [
+        (torch.zeros(3, 5, 32, 32), "raw", "5-D video"),
+        (torch.zeros(1, 4, 5, 32, 32), "raw", "4 channels"),
+        (torch.zeros(1, 3, 5, 30, 32), "raw", "multiple of 8"),
+        (torch.zeros(1, 3, 0, 32, 32), "raw", "empty"),
+        (torch.full((1, 5, 32, 32, 3), float("inf")), "comfy", "NaN or infinite"),
+    ],
+)
+def test_bad_videos_get_clear_errors(video, layout, match):
+    with pytest.raises(BadVideo, match=match):
+        encode(wan21(), video, layout=layout, progress=False)
+
+
+def test_encode_rejects_non_wan_vae():
+    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE"):
+        encode(torch.nn.Linear(2, 2), torch.zeros(1, 3, 1, 8, 8), progress=False)

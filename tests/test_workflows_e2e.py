@@ -1,0 +1,422 @@
+"""End to end: the shipped i2v two-pass API workflow on a real ComfyUI server with random-weight models.
+
+Skipped without ``COMFYUI_PATH``. Run it with the ComfyUI install's Python (aiohttp, websocket-client, av)::
+
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/test_workflows_e2e.py
+
+``WAN_ACCEL_E2E_PORT`` fixes the port (default: a free one). The package must be linked into
+``$COMFYUI_PATH/custom_nodes``. Nothing is written into the checkout: the fixture models
+(``fixtures/build.py``), a test-only conditioning node, the input image and all outputs live in a
+temporary folder handed to ComfyUI with ``--extra-model-paths-config`` / ``--input-directory`` /
+``--output-directory``.
+
+What the test changes in ``workflows/api/wan22_i2v_14B_4step_accel.api.json`` before submitting it, and why:
+
+* the umt5-xxl text encoder (5.7B parameters, built from a fixed config) cannot be faked small:
+  ``CLIPLoader`` is removed and both ``CLIPTextEncode`` nodes become ``WanAccelTestConditioning``
+  (same node ids and links), a test-only node that returns random ``[1, 16, 4096]`` text embeddings;
+* 64x64, 5 frames instead of 832x1216, 81 (a 2-core CPU);
+* the attention nodes get settings whose effect is observable on a CPU: the high-noise expert asks for
+  ``sage`` (not usable on a CPU) with fallback ``sub_quad``, the low-noise expert for ``auto``. Both decisions
+  are recorded by telemetry as ``attention_backend`` notes on the sampler node that ran that expert.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW = REPO / "workflows" / "api" / "wan22_i2v_14B_4step_accel.api.json"
+
+TEST_NODE = '''
+import torch
+
+
+class WanAccelTestConditioning:
+    """Test only: random umt5-shaped text embeddings, standing in for CLIPLoader + CLIPTextEncode."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                             "tokens": ("INT", {"default": 16, "min": 1, "max": 512})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, seed, tokens):
+        g = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, tokens, 4096, generator=g) * 0.1, {}]],)
+
+
+NODE_CLASS_MAPPINGS = {"WanAccelTestConditioning": WanAccelTestConditioning}
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as res:
+        return json.loads(res.read())
+
+
+def _post_json(url: str, payload: dict):
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return json.loads(res.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"POST {url} -> {exc.code}: {exc.read().decode()[:3000]}") from None
+
+
+def e2e_prompt(api: dict, size: int = 64, length: int = 5) -> dict:
+    """The shipped API prompt, changed as the module docstring says."""
+    prompt = json.loads(json.dumps(api))
+    types = {nid: n["class_type"] for nid, n in prompt.items()}
+    for nid, t in types.items():
+        node = prompt[nid]
+        if t == "CLIPLoader":
+            del prompt[nid]
+        elif t == "CLIPTextEncode":
+            prompt[nid] = {"class_type": "WanAccelTestConditioning", "inputs": {"seed": int(nid), "tokens": 16},
+                           "_meta": node.get("_meta", {})}
+        elif t == "WanImageToVideo":
+            node["inputs"].update(width=size, height=size, length=length)
+    samplers = sorted((nid for nid, t in types.items() if t == "KSamplerAdvanced"),
+                      key=lambda nid: prompt[nid]["inputs"]["start_at_step"])
+    high, low = (prompt[s]["inputs"]["model"][0] for s in samplers)
+    assert prompt[high]["class_type"] == prompt[low]["class_type"] == "WanAccelAttention"
+    prompt[high]["inputs"].update(backend="sage", fallback="sub_quad")
+    prompt[low]["inputs"].update(backend="auto", fallback="sdpa")
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def e2e_server(comfyui):
+    pytest.importorskip("websocket", reason="the e2e test needs websocket-client (in ComfyUI's venv)")
+    if not [p for p in (comfyui / "custom_nodes").iterdir() if p.resolve() == REPO]:
+        pytest.skip(f"link the package into {comfyui}/custom_nodes (e.g. custom_nodes/comfyui-wan-accel -> {REPO})")
+    work = Path(tempfile.mkdtemp(prefix="wan_accel_e2e_"))
+    for sub in ("output", "temp", "user", "input", "custom_nodes/wan_accel_test_cond"):
+        (work / sub).mkdir(parents=True)
+    (work / "custom_nodes/wan_accel_test_cond/__init__.py").write_text(TEST_NODE)
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    build = subprocess.run([python, "-m", "fixtures.build", "--comfy", str(comfyui), "--out", str(work / "models")],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (work / "extra_model_paths.yaml").write_text(
+        _yaml(work / "models", work / "custom_nodes"))
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(work / "input" / "wan_accel_start.png")
+
+    port = int(os.environ.get("WAN_ACCEL_E2E_PORT") or _free_port())
+    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--extra-model-paths-config", str(work / "extra_model_paths.yaml"),
+           "--input-directory", str(work / "input"), "--output-directory", str(work / "output"),
+           "--temp-directory", str(work / "temp"), "--user-directory", str(work / "user")]
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("ComfyUI exited:\n" + (work / "server.log").read_text()[-3000:])
+            try:
+                _get_json(base + "/wan_accel/telemetry", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    pytest.fail("ComfyUI did not come up:\n" + (work / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield {"base": base, "port": port, "work": work, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        if os.environ.get("WAN_ACCEL_E2E_KEEP"):
+            print(f"e2e work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _yaml(models: Path, custom_nodes: Path) -> str:
+    sys.path.insert(0, str(REPO))
+    try:
+        from fixtures.build import extra_model_paths_yaml
+    finally:
+        sys.path.remove(str(REPO))
+    return extra_model_paths_yaml(models, custom_nodes)
+
+
+def _run(srv, prompt: dict, timeout: float = 900) -> tuple[str, list]:
+    import websocket
+
+    client_id = uuid.uuid4().hex
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv['port']}/ws?clientId={client_id}", timeout=timeout)
+    try:
+        prompt_id = _post_json(srv["base"] + "/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
+        events = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            raw = ws.recv()
+            if isinstance(raw, bytes):
+                continue
+            msg = json.loads(raw)
+            events.append(msg)
+            data = msg.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if msg["type"] in ("execution_error", "execution_interrupted"):
+                raise AssertionError(f"{msg['type']}: {json.dumps(data)[:3000]}")
+            if msg["type"] == "execution_success" or (msg["type"] == "executing" and data.get("node") is None
+                                                      and data.get("prompt_id") == prompt_id):
+                return prompt_id, events
+        raise AssertionError("the prompt did not finish in time")
+    finally:
+        ws.close()
+
+
+def _telemetry_run(srv, prompt_id: str, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:  # saved on a background thread after the prompt
+        for summary in _get_json(srv["base"] + "/wan_accel/telemetry/runs?limit=20").get("runs", []):
+            if summary.get("prompt_id") == prompt_id:
+                return _get_json(srv["base"] + f"/wan_accel/telemetry/runs/{summary['id']}")
+        time.sleep(0.5)
+    raise AssertionError(f"no telemetry run saved for prompt {prompt_id}")
+
+
+def test_i2v_two_pass_end_to_end(e2e_server):
+    srv = e2e_server
+    api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    prompt = e2e_prompt(api)
+    t0 = time.time()
+    prompt_id, events = _run(srv, prompt)
+    seconds = time.time() - t0
+
+    # the video file
+    videos = list((srv["work"] / "output" / "video").glob("wan_accel_i2v_*.mp4"))
+    assert videos and videos[0].stat().st_size > 0, f"no video written; output: {list((srv['work'] / 'output').rglob('*'))}"
+    import av
+
+    with av.open(str(videos[0])) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        assert frames == 5
+
+    # telemetry: a record for every node of the prompt, all executed
+    run = _telemetry_run(srv, prompt_id)
+    assert run["status"] == "success", run.get("error")
+    records = {r["node_id"]: r for r in run["nodes"]}
+    assert set(records) == set(prompt), (sorted(records), sorted(prompt))
+    for nid, rec in records.items():
+        assert rec["type"] == prompt[nid]["class_type"], rec
+        assert rec["status"] == "ok" and not rec["cached"], rec
+    over_ws = {e["data"]["record"]["node_id"] for e in events if e["type"] == "wan_accel.telemetry.node"}
+    assert over_ws == set(prompt), "live per-node telemetry events over the websocket"
+
+    # each expert used the backend its attention node asked for, recorded on its sampler's node
+    samplers = sorted((nid for nid, n in prompt.items() if n["class_type"] == "KSamplerAdvanced"),
+                      key=lambda nid: prompt[nid]["inputs"]["start_at_step"])
+    notes = {s: [n for n in records[s].get("notes", []) if n.get("name") == "attention_backend"] for s in samplers}
+    high, low = notes[samplers[0]], notes[samplers[1]]
+    assert high and all(n["backend"] == "sub_quad" and "sage" in n["reason"] for n in high), high
+    assert low and all(n["reason"] == "auto" for n in low), low
+    assert {n["model"] for n in high}.isdisjoint({n["model"] for n in low}), "two models, two overrides"
+    assert records[samplers[0]]["steps"]["count"] == 2 and records[samplers[1]]["steps"]["count"] == 2
+
+    # the VAE patch: the core VAE Decode ran our engine (its phases are on that node)
+    decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
+    phases = {p["name"] for p in records[decode].get("phases", [])}
+    assert {"vae.stem", "vae.tiles"} <= phases, records[decode]
+
+    # ... and WanImageToVideo's encode of the start image too (WanAccelVAEPatch routes encode)
+    encode = next(nid for nid, n in prompt.items() if n["class_type"] == "WanImageToVideo")
+    encode_phases = {p["name"] for p in records[encode].get("phases", [])}
+    assert any(p.startswith("vae.") for p in encode_phases), records[encode]
+
+    log = (srv["work"] / "server.log").read_text()
+    assert "lora key not loaded" not in log, "every fixture LoRA key maps onto the expert"
+    assert "wan_accel telemetry on" in log
+    print(json.dumps({"seconds": round(seconds, 1), "video": videos[0].name, "frames": frames,
+                      "high_notes": high[:2], "low_notes": low[:2],
+                      "decode_phases": sorted(phases),
+                      "encode_phases": sorted(encode_phases),
+                      "node_seconds": {f"{nid}:{r['type']}": r["seconds"] for nid, r in records.items()}}, indent=1))
+
+
+def test_fixture_models_load_as_the_real_ones(comfyui):
+    """The fixture files are detected and mapped by ComfyUI exactly as the real Wan 2.2 i2v files are."""
+    import comfy.lora
+    import comfy.model_detection
+    import comfy.sd
+    import comfy.utils
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    try:
+        from fixtures import build
+    finally:
+        sys.path.remove(str(REPO))
+    sds = build.state_dicts(dim=256, layers=2, rank=4, dtype=torch.bfloat16)
+    expert = sds[f"diffusion_models/{build.HIGH}"]
+    config = comfy.model_detection.detect_unet_config(expert, "")
+    assert config["image_model"] == "wan2.1" and config["model_type"] == "t2v"  # as the real 2.2 i2v experts
+    assert (config["in_dim"], config["out_dim"], config["dim"], config["num_heads"], config["num_layers"]) == \
+        (36, 16, 256, 2, 2)
+    model = comfy.sd.load_diffusion_model_state_dict(expert)
+    assert type(model.model.diffusion_model).__name__ == "WanModel"
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    lora = sds[f"loras/{build.LORA_HIGH}"]
+    patches = comfy.lora.load_lora(lora, key_map)
+    assert len(patches) == 2 * 10 and len(lora) == 3 * len(patches), "every LoRA key maps onto a weight"
+    vae = comfy.sd.VAE(sd=sds[f"vae/{build.VAE}"])
+    assert type(vae.first_stage_model).__name__ == "WanVAE" and vae.latent_channels == 16
+
+
+# ------------------------------------------------------------------ the real front end loads the UI graphs
+class CDP:
+    """The few Chrome DevTools Protocol calls the test needs, over websocket-client."""
+
+    def __init__(self, ws_url: str):
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        mid = self.next_id
+        self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expr: str):
+        res = self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"JS error: {res['exceptionDetails']}")
+        return res.get("result", {}).get("value")
+
+    def wait(self, expr: str, timeout: float = 90, what: str = ""):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if self.eval(expr):
+                    return
+            except RuntimeError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what or expr}")
+
+
+@pytest.fixture(scope="module")
+def page(e2e_server):
+    exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("front-end test: install Debian's chromium (or set CHROMIUM)")
+    base = e2e_server["base"]
+    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+                       "Comfy.Workflow.ShowMissingNodesWarning": False}.items():
+        try:
+            _post_json(f"{base}/settings/{key}", value)
+        except AssertionError:
+            pass
+    port = _free_port()
+    profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
+    proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                             "--disable-component-update", "--disable-sync", "--no-first-run",
+                             f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
+                             "--window-size=1600,1000", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                target = next(t for t in _get_json(f"http://127.0.0.1:{port}/json") if t.get("type") == "page")
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("chromium did not start")
+                time.sleep(0.3)
+        cdp = CDP(target["webSocketDebuggerUrl"])
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=base + "/")
+        cdp.wait("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI page")
+        time.sleep(2)
+        yield cdp
+        cdp.ws.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+_LOAD_JS = """
+(async () => {
+  const graph = %s, bypass = %s;
+  await app.loadGraphData(graph);
+  const g = app.graph, nodes = g._nodes ?? g.nodes;
+  const registered = (window.LiteGraph ?? {}).registered_node_types;
+  const missing = nodes.filter(n => n.has_errors || (registered && !registered[n.type])).map(n => n.type);
+  const widgets = {};
+  for (const n of nodes) widgets[n.id] = (n.widgets ?? []).map(w => w.name);
+  for (const id of bypass) g.getNodeById(id).mode = 4;
+  const p = await app.graphToPrompt();
+  return JSON.stringify({count: nodes.length, missing, widgets, output: p.output, version: window.__COMFYUI_FRONTEND_VERSION__ ?? null});
+})()
+"""
+
+
+def test_front_end_loads_graphs_and_converts_them_to_the_shipped_api(page):
+    """The front end ComfyUI serves loads each UI graph with every node type known, and its own
+    graphToPrompt gives the shipped API prompt (the A/B graph: with the ACCELERATION group bypassed too)."""
+    from test_workflows import UI_FILES, WF, _api_for, group_members, load
+
+    seen = []
+    for path in UI_FILES:
+        ui = load(path)
+        expected = _api_for(path)
+        for name in expected:
+            bypass = []
+            if name.endswith("_stock.api.json"):
+                group = next(g for g in ui["groups"] if g["title"].startswith("ACCELERATION"))
+                bypass = sorted(group_members(ui, group))
+            res = json.loads(page.eval(_LOAD_JS % (json.dumps(ui), json.dumps(bypass))))
+            assert res["count"] == len(ui["nodes"]), (path.name, res["count"])
+            assert not res["missing"], (path.name, res["missing"])
+            got = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in res["output"].items()}
+            want = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]}
+                    for nid, n in load(WF / "api" / name).items()}
+            assert got == want, name
+            seen.append(name)
+    print(json.dumps({"front_end": res["version"], "checked": seen}))

@@ -1,0 +1,145 @@
+"""Exact, low-VRAM Wan VAE encode.
+
+Per video: each spatial tile runs the downsampling path over all frames (first slice one
+frame, later slices 4k frames), reading its pixels from host memory one slice at a time and
+parking its latent-resolution features in host memory; then the middle block (whole-frame
+attention), head and quant conv run over those features in temporal slices. The planner
+uses one whole-frame tile whenever it fits, since halos cost work at full resolution.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+
+from ..telemetry.phases import phase
+from .adapters import EncoderGraph, build_encoder
+from .planner import plan_encode
+from .progress import make_progress
+from .rect import Rect
+from .runtime import context_for, default_budget, element_size
+from .schedule import frame_loop, steps_for, tile_loop
+from .validate import check_video
+
+log = logging.getLogger("wan_accel")
+_graphs: "weakref.WeakKeyDictionary[torch.nn.Module, EncoderGraph]" = weakref.WeakKeyDictionary()
+
+LAYOUTS = ("raw", "comfy")
+
+
+def encoder_graph(vae) -> EncoderGraph:
+    graph = build_encoder(vae)
+    cached = _graphs.get(graph.module)
+    if cached is None:
+        _graphs[graph.module] = cached = graph
+    return cached
+
+
+def in_frame(f: int, time_factor: int) -> int:
+    """First input frame of latent frame ``f`` (frame 0 alone, then ``time_factor`` frames each)."""
+    return 0 if f == 0 else 1 + time_factor * (f - 1)
+
+
+def encode(
+    vae,
+    video: torch.Tensor,
+    *,
+    layout: str = "raw",
+    budget_bytes: int | None = None,
+    tile: int | None = None,
+    slice_len: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress=None,
+    fault=None,
+    channels_last: bool | None = None,
+    fused_norm: bool | None = None,
+) -> torch.Tensor:
+    """Encode ``video`` with a Wan VAE into the latent mean, (B, C, T', h, w) float32 on the host.
+
+    ``layout="raw"``: video (B, 3, T, H, W) in [-1, 1] (as the module's encode);
+    ``layout="comfy"``: video (B, T, H, W, 3) in [0, 1] (ComfyUI IMAGE frames).
+    Frames past the last 1 + 4k are dropped, as ComfyUI's encode does (logged).
+    ``tile`` is in latent pixels, ``slice_len`` in latent frames (4 input frames each).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    graph = encoder_graph(vae)
+    ctx = context_for(graph.module, device, dtype, channels_last, fused_norm)
+    video = check_video(video, graph.in_channels, graph.space_factor, layout)
+    if layout == "comfy":
+        B, T, H, W, _ = video.shape
+    else:
+        B, _, T, H, W = video.shape
+    tf, sf = graph.time_factor, graph.space_factor
+    T_lat = 1 + (T - 1) // tf
+    if in_frame(T_lat, tf) != T:
+        log.info("wan_accel: encoding %d of %d frames (Wan encodes 1 + %dk frames; the last %d are dropped, as in ComfyUI)",
+                 in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
+    h, w = H // sf, W // sf
+    if budget_bytes is None:
+        budget_bytes = default_budget(ctx.device)
+    plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, tile, slice_len)
+    log.debug("wan_accel encode plan: %s", plan)
+
+    out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)
+    tiles = plan.tiles((h, w))
+    bar = make_progress(progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
+    with torch.inference_mode():
+        for b in range(B):
+            with phase("vae.encode_tiles", tiles=len(tiles)):
+                features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, fault)
+            with phase("vae.encode_middle", frames=T_lat):
+                _run_tail(graph, features, out, b, plan.slice_len, ctx, bar, fault)
+            del features
+    bar.close()
+    return out
+
+
+def _read(video, b: int, layout: str, frames: tuple[int, int], rect: Rect, ctx) -> torch.Tensor:
+    """One slice of one tile's input pixels, on the device as (1, C, t, h, w) in [-1, 1]."""
+    f0, f1 = frames
+    if layout == "comfy":
+        x = video[b, f0:f1, rect.y0 : rect.y1, rect.x0 : rect.x1, :]
+        x = x.to(ctx.device, non_blocking=True).permute(3, 0, 1, 2).unsqueeze(0)
+        x = x.to(ctx.dtype) * 2 - 1
+    else:
+        x = video[b : b + 1, :, f0:f1, rect.y0 : rect.y1, rect.x0 : rect.x1].to(ctx.device, ctx.dtype, non_blocking=True)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar, fault) -> torch.Tensor:
+    """Down-path features of every tile, gathered on the host as (T', C, h, w)."""
+    tf, sf = graph.time_factor, graph.space_factor
+    box = {}
+    if layout == "comfy":
+        size = (video.shape[2], video.shape[3])
+    else:
+        size = (video.shape[3], video.shape[4])
+    h, w = size[0] // sf, size[1] // sf
+
+    def step(rect, f0, f1, state):
+        inr = graph.down.need(rect, size)  # the down path's output grid is the latent grid
+        x = _read(video, b, layout, (in_frame(f0, tf), in_frame(f1, tf)), inr, ctx)
+        y = graph.down.run(x, inr, rect, size, state, ctx)
+        if "store" not in box:
+            box["store"] = torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype, device=ctx.device if ctx.device.type == "cpu" else "cpu")
+        box["store"][f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
+
+    tile_loop(tiles, T_lat, k, step, device=ctx.device, fault=fault, bar=bar, stage="encode")
+    return box["store"]
+
+
+def _run_tail(graph: EncoderGraph, features, out, b: int, k: int, ctx, bar, fault) -> None:
+    T_lat, _, h, w = features.shape
+    full = Rect.full((h, w))
+
+    def step(f0, f1, state):
+        x = features[f0:f1].to(ctx.device, non_blocking=True).transpose(0, 1).unsqueeze(0)
+        y = graph.tail.run(x, full, full, (h, w), state, ctx)
+        out[b, :, f0:f1] = y[0].float().to("cpu")
+
+    frame_loop(T_lat, k, step, device=ctx.device, fault=fault, bar=bar, stage="encode middle")
