@@ -35,15 +35,13 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import load_wan_accel
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def load_package():
-    if "wan_accel" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["wan_accel"] = module
-        spec.loader.exec_module(module)
+    load_wan_accel()
     return importlib.import_module("wan_accel.nodes.telemetry_nodes")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import math
@@ -40,18 +39,11 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import load_wan_accel
+
 REPO = Path(__file__).resolve().parent.parent
 WF = REPO / "workflows" / "api"
 CAPTURED: dict = {}
-
-
-def load_wan_accel():
-    if "wan_accel" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["wan_accel"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["wan_accel"]
 
 
 def setup_comfy(path: str, cpu: bool):
@@ -212,8 +204,8 @@ def main(argv=None) -> int:
     nodes, execution = setup_comfy(opts.comfy, cpu=not cuda)
     import folder_paths
 
-    sys.path.insert(0, str(REPO))
-    from fixtures import build as fixtures
+    load_wan_accel()
+    from wan_accel.fixtures import build as fixtures
 
     work = Path(opts.work or tempfile.mkdtemp(prefix="wan_accel_two_pass_"))
     t0 = time.perf_counter()

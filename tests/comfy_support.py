@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from pathlib import Path
 
@@ -53,3 +54,60 @@ def comfy_vae(sd: dict):
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.float() - b.float()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def comfy_server(comfyui: Path, work: Path, extra_args=(), port: int | None = None, timeout: float = 180):
+    """A real ``main.py --cpu`` server with its folders under ``work``, up until the block ends.
+
+    Yields {"base", "port", "work", "proc"}; fails the test with the server log's tail if it
+    exits or does not answer ``/wan_accel/telemetry`` within ``timeout`` seconds.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    port = port or free_port()
+    for sub in ("output", "temp", "user"):
+        (work / sub).mkdir(exist_ok=True)
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--output-directory", str(work / "output"), "--temp-directory", str(work / "temp"),
+           "--user-directory", str(work / "user"), *extra_args]
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("ComfyUI exited:\n" + (work / "server.log").read_text()[-3000:])
+            try:
+                urllib.request.urlopen(base + "/wan_accel/telemetry", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    pytest.fail("ComfyUI did not come up:\n" + (work / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield {"base": base, "port": port, "work": work, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

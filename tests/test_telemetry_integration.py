@@ -15,9 +15,7 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -27,14 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from comfy_support import comfy_server, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 TIME_BADGE = re.compile(r"(^|\n)\d+(\.\d+)?(ms|s) · \d+(\.\d)?%")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 10):
@@ -58,38 +53,9 @@ def server(comfyui):
     linked = [p for p in (comfyui / "custom_nodes").iterdir() if p.resolve() == REPO]
     if not linked:
         pytest.skip(f"link the package into {comfyui}/custom_nodes (e.g. custom_nodes/comfyui-wan-accel -> {REPO})")
-    port = _free_port()
     work = Path(tempfile.mkdtemp(prefix="wan_accel_it_"))
-    for sub in ("output", "temp", "user"):
-        (work / sub).mkdir()
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--output-directory", str(work / "output"), "--temp-directory", str(work / "temp"),
-           "--user-directory", str(work / "user")]
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("ComfyUI exited:\n" + (work / "server.log").read_text()[-3000:])
-            try:
-                _get(base + "/wan_accel/telemetry", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail("ComfyUI did not come up:\n" + (work / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield {"base": base, "port": port, "work": work, "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with comfy_server(comfyui, work) as srv:
+        yield srv
 
 
 def _has_node(base: str, name: str) -> bool:
@@ -268,7 +234,7 @@ def browser(server):
     exe = _chromium()
     if exe is None:
         pytest.skip("browser test: install Debian's chromium (or set CHROMIUM)")
-    port = _free_port()
+    port = free_port()
     profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
     proc = subprocess.Popen([
         exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from comfy_support import comfy_server, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "api" / "wan22_i2v_14B_4step_accel.api.json"
@@ -64,11 +65,6 @@ class WanAccelTestConditioning:
 NODE_CLASS_MAPPINGS = {"WanAccelTestConditioning": WanAccelTestConditioning}
 '''
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get_json(url: str, timeout: float = 10):
@@ -117,7 +113,7 @@ def e2e_server(comfyui):
         (work / sub).mkdir(parents=True)
     (work / "custom_nodes/wan_accel_test_cond/__init__.py").write_text(TEST_NODE)
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    build = subprocess.run([python, "-m", "fixtures.build", "--comfy", str(comfyui), "--out", str(work / "models")],
+    build = subprocess.run([python, str(REPO / "fixtures" / "build.py"), "--comfy", str(comfyui), "--out", str(work / "models")],
                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (work / "extra_model_paths.yaml").write_text(
@@ -128,35 +124,12 @@ def e2e_server(comfyui):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(work / "input" / "wan_accel_start.png")
 
-    port = int(os.environ.get("WAN_ACCEL_E2E_PORT") or _free_port())
-    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", str(work / "extra_model_paths.yaml"),
-           "--input-directory", str(work / "input"), "--output-directory", str(work / "output"),
-           "--temp-directory", str(work / "temp"), "--user-directory", str(work / "user")]
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    port = int(os.environ.get("WAN_ACCEL_E2E_PORT") or 0) or None
+    extra = ["--extra-model-paths-config", str(work / "extra_model_paths.yaml"), "--input-directory", str(work / "input")]
     try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("ComfyUI exited:\n" + (work / "server.log").read_text()[-3000:])
-            try:
-                _get_json(base + "/wan_accel/telemetry", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail("ComfyUI did not come up:\n" + (work / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield {"base": base, "port": port, "work": work, "proc": proc}
+        with comfy_server(comfyui, work, extra, port=port, timeout=240) as srv:
+            yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         if os.environ.get("WAN_ACCEL_E2E_KEEP"):
             print(f"e2e work folder kept: {work}")
         else:
@@ -164,11 +137,8 @@ def e2e_server(comfyui):
 
 
 def _yaml(models: Path, custom_nodes: Path) -> str:
-    sys.path.insert(0, str(REPO))
-    try:
-        from fixtures.build import extra_model_paths_yaml
-    finally:
-        sys.path.remove(str(REPO))
+    from wan_accel.fixtures.build import extra_model_paths_yaml
+
     return extra_model_paths_yaml(models, custom_nodes)
 
 
@@ -348,7 +318,7 @@ def page(e2e_server):
             _post_json(f"{base}/settings/{key}", value)
         except AssertionError:
             pass
-    port = _free_port()
+    port = free_port()
     profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
     proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                              "--disable-component-update", "--disable-sync", "--no-first-run",

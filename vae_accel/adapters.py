@@ -6,6 +6,7 @@ diffusers has to be importable.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -300,3 +301,15 @@ def build_encoder(vae) -> EncoderGraph:
     return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", module=m, in_channels=in_channels,
                         latent_channels=latent_channels, down=down, tail=tail, time_factor=time_factor,
                         space_factor=size[0] // out[0])
+
+
+_graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def cached_graph(build, vae):
+    """``build(vae)`` once per module: node graphs are reused across calls (weights are read at run time)."""
+    module = _find_vae(vae)
+    per_module = _graphs.setdefault(module, {})
+    if build not in per_module:
+        per_module[build] = build(module)
+    return per_module[build]

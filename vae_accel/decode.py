@@ -11,12 +11,11 @@ Tiles read a halo from the stem output, so the result equals an untiled decode.
 from __future__ import annotations
 
 import logging
-import weakref
 
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import DecoderGraph, build_decoder
+from .adapters import DecoderGraph, build_decoder, cached_graph
 from .ops import ExecContext
 from .planner import Plan, plan_decode
 from .progress import make_progress
@@ -27,17 +26,12 @@ from .sink import HostSink
 from .validate import check_latent
 
 log = logging.getLogger("wan_accel")
-_graphs: "weakref.WeakKeyDictionary[torch.nn.Module, DecoderGraph]" = weakref.WeakKeyDictionary()
 
 LAYOUTS = ("raw", "comfy")
 
 
 def decoder_graph(vae) -> DecoderGraph:
-    graph = build_decoder(vae)
-    cached = _graphs.get(graph.module)
-    if cached is None:
-        _graphs[graph.module] = cached = graph
-    return cached
+    return cached_graph(build_decoder, vae)
 
 
 def out_frame(f: int, time_factor: int) -> int:

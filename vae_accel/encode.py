@@ -9,12 +9,11 @@ uses one whole-frame tile whenever it fits, since halos cost work at full resolu
 from __future__ import annotations
 
 import logging
-import weakref
 
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import EncoderGraph, build_encoder
+from .adapters import EncoderGraph, build_encoder, cached_graph
 from .planner import plan_encode
 from .progress import make_progress
 from .rect import Rect
@@ -23,17 +22,12 @@ from .schedule import frame_loop, steps_for, tile_loop
 from .validate import check_video
 
 log = logging.getLogger("wan_accel")
-_graphs: "weakref.WeakKeyDictionary[torch.nn.Module, EncoderGraph]" = weakref.WeakKeyDictionary()
 
 LAYOUTS = ("raw", "comfy")
 
 
 def encoder_graph(vae) -> EncoderGraph:
-    graph = build_encoder(vae)
-    cached = _graphs.get(graph.module)
-    if cached is None:
-        _graphs[graph.module] = cached = graph
-    return cached
+    return cached_graph(build_encoder, vae)
 
 
 def in_frame(f: int, time_factor: int) -> int:

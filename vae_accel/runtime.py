@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import logging
 
@@ -99,11 +100,7 @@ def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool |
 
 
 def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None
 
 
 def context_for(module: torch.nn.Module, device, dtype, channels_last, fused_norm) -> ExecContext:
