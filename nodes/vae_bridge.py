@@ -9,6 +9,7 @@ import comfy.utils
 from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
+from ..vae_accel.planner import DEFAULT_BUDGET, ENCODE_DEFAULT_BUDGET
 from ..vae_accel.runtime import default_budget
 
 GIB = 2**30
@@ -45,11 +46,11 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _plan_args(vae, overrides: Overrides, space_factor: int) -> dict:
+def _plan_args(vae, overrides: Overrides, space_factor: int, cap: int) -> dict:
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
     device = vae.device
     budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
-        default_budget(device, mm.get_free_memory(device)) if device.type == "cuda" else None)
+        default_budget(device, mm.get_free_memory(device), cap) if device.type == "cuda" else None)
     tile = max(1, overrides.tile_size // space_factor) if overrides.tile_size else None
     return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget, tile=tile,
                 slice_len=overrides.slice_frames or None, progress=_progress())
@@ -65,7 +66,8 @@ def encode(vae, pixels, overrides: Overrides):
     pixels = vae.vae_encode_crop_pixels(pixels)
     if pixels.dim() == 4:
         pixels = pixels.unsqueeze(0)
-    out = engine_encode(vae.first_stage_model, pixels, layout="comfy", **_plan_args(vae, overrides, graph.space_factor))
+    out = engine_encode(vae.first_stage_model, pixels, layout="comfy",
+                        **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET))
     return out.to(vae.output_device)
 
 
@@ -73,5 +75,6 @@ def decode(vae, latent, overrides: Overrides):
     """Same contract as ``comfy.sd.VAE.decode``: (B, T, H, W, C) float in [0, 1] on the intermediate device."""
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae)
-    out = engine_decode(vae.first_stage_model, latent, layout="comfy", **_plan_args(vae, overrides, graph.space_factor))
+    out = engine_decode(vae.first_stage_model, latent, layout="comfy",
+                        **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET))
     return out.to(vae.output_device)

@@ -24,14 +24,14 @@ def free_memory(device: torch.device) -> int | None:
     return int(free + cached_idle)
 
 
-def default_budget(device: torch.device, free: int | None = None) -> int | None:
+def default_budget(device: torch.device, free: int | None = None, cap: int = DEFAULT_BUDGET) -> int | None:
     """The planner's budget when the user sets none: free memory, capped so VRAM stays flat.
 
     Past ~3 GiB the decode gets no faster (bench/vae_decode.py), so more would only crowd out
     the models ComfyUI keeps loaded.
     """
     free = free_memory(device) if free is None else free
-    return None if free is None else min(free, DEFAULT_BUDGET)
+    return None if free is None else min(free, cap)
 
 
 def is_oom(exc: BaseException) -> bool:
