@@ -111,3 +111,94 @@ def comfy_server(comfyui: Path, work: Path, extra_args=(), port: int | None = No
             proc.kill()
             proc.wait()
         log.close()
+
+
+class CDP:
+    """The few Chrome DevTools Protocol calls the browser tests need, over websocket-client."""
+
+    def __init__(self, ws_url: str):
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        import json
+
+        self.next_id += 1
+        mid = self.next_id
+        self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expr: str, await_promise: bool = True):
+        res = self.call("Runtime.evaluate", expression=expr, awaitPromise=await_promise, returnByValue=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"JS error: {res['exceptionDetails']}")
+        return res.get("result", {}).get("value")
+
+    def wait(self, expr: str, timeout: float = 90, what: str = ""):
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                value = self.eval(expr)
+                if value:
+                    return value
+            except RuntimeError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what or expr}")
+
+
+@contextlib.contextmanager
+def headless_chromium(skip_reason: str):
+    """Debian's chromium, headless with a fresh profile, driven over CDP; skips if it is not installed."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+    import urllib.request
+
+    import pytest
+
+    exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip(skip_reason + ": install Debian's chromium (or set CHROMIUM)")
+    port = free_port()
+    profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
+    proc = subprocess.Popen([
+        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+        f"--remote-debugging-port={port}", "--window-size=1600,1000", "about:blank",
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as res:
+                    page = next(t for t in json.loads(res.read()) if t.get("type") == "page")
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("chromium did not start")
+                time.sleep(0.3)
+        cdp = CDP(page["webSocketDebuggerUrl"])
+        try:
+            yield cdp
+        finally:
+            cdp.ws.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support import comfy_server, free_port
+from comfy_support import comfy_server, headless_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "api" / "wan22_i2v_14B_4step_accel.api.json"
@@ -268,49 +268,8 @@ def test_fixture_models_load_as_the_real_ones(comfyui):
 
 
 # ------------------------------------------------------------------ the real front end loads the UI graphs
-class CDP:
-    """The few Chrome DevTools Protocol calls the test needs, over websocket-client."""
-
-    def __init__(self, ws_url: str):
-        import websocket
-
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params):
-        self.next_id += 1
-        mid = self.next_id
-        self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == mid:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def eval(self, expr: str):
-        res = self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in res:
-            raise RuntimeError(f"JS error: {res['exceptionDetails']}")
-        return res.get("result", {}).get("value")
-
-    def wait(self, expr: str, timeout: float = 90, what: str = ""):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if self.eval(expr):
-                    return
-            except RuntimeError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what or expr}")
-
-
 @pytest.fixture(scope="module")
 def page(e2e_server):
-    exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.skip("front-end test: install Debian's chromium (or set CHROMIUM)")
     base = e2e_server["base"]
     for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
                        "Comfy.Workflow.ShowMissingNodesWarning": False}.items():
@@ -318,37 +277,12 @@ def page(e2e_server):
             _post_json(f"{base}/settings/{key}", value)
         except AssertionError:
             pass
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
-    proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                             "--disable-component-update", "--disable-sync", "--no-first-run",
-                             f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-                             "--window-size=1600,1000", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                target = next(t for t in _get_json(f"http://127.0.0.1:{port}/json") if t.get("type") == "page")
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail("chromium did not start")
-                time.sleep(0.3)
-        cdp = CDP(target["webSocketDebuggerUrl"])
+    with headless_chromium("front-end test") as cdp:
         cdp.call("Page.enable")
         cdp.call("Page.navigate", url=base + "/")
         cdp.wait("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI page")
         time.sleep(2)
         yield cdp
-        cdp.ws.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 _LOAD_JS = """
