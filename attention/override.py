@@ -160,6 +160,8 @@ class AutoTuner:
         key = call.key() + (min_cosine, max_rel_error)
         hit = self.choices.get(key)
         if hit is not None:
+            # another model (the other Wan 2.2 expert) reuses the choice: tell telemetry for this one too
+            note("attention_backend", model=label, shape=call.shape_str(), backend=hit, reason="auto (cached)")
             return hit
         t_start = time.perf_counter()
         table: dict[str, Any] = {}
@@ -324,6 +326,9 @@ class AttentionOverride:
                                   f" [{self.label}]" if self.label else "", "; ".join(reasons), name):
             note("attention_backend", model=self.label, shape=call.shape_str(), backend=name,
                  reason="fallback: " + "; ".join(reasons))
+        elif not reasons and primary != B.AUTO:  # auto's choice is reported by the tuner
+            # once per shape (later calls take the cached plan), so telemetry shows what each model ran
+            note("attention_backend", model=self.label, shape=call.shape_str(), backend=name, reason="as set")
 
     def _try(self, name: str, call: AttnCall, reasons: list):
         b = B.get(name)

@@ -613,3 +613,24 @@ def test_block_index_inferred_when_comfyui_does_not_set_it():
             used.append(ov.last_used)
     per_pass = ["sdpa", "sdpa", "sub_quad", "sub_quad", "sdpa", "sdpa"]
     assert used == per_pass * 2
+
+
+def test_every_model_reports_the_backend_it_runs_once_per_shape():
+    """Telemetry sees which kernel each model ran: a fixed backend, and auto's cached choice for a second model."""
+    events = []
+    phases.add_listener(events.append)
+    try:
+        tuner = AutoTuner(reps=1, candidates=("sdpa", "sub_quad"))
+        fixed = AttentionOverride("sub_quad", fallback="sdpa", verify=False, label="high")
+        first = AttentionOverride("auto", fallback="sdpa", verify=True, tuner=tuner, label="low")
+        second = AttentionOverride("auto", fallback="sdpa", verify=True, tuner=tuner, label="low2")
+        q, k, v = make_qkv(1, 2, 24, 24, 16)
+        for ov in (fixed, first, second):
+            for _ in range(3):
+                call(ov, q, k, v, 2)
+        picks = [(e["model"], e["backend"], e["reason"]) for e in events if e.get("name") == "attention_backend"]
+        assert [p[0] for p in picks] == ["high", "low", "low2"]
+        assert picks[0] == ("high", "sub_quad", "as set")
+        assert picks[2][1] == picks[1][1] and picks[2][2] == "auto (cached)"
+    finally:
+        phases.remove_listener(events.append)
