@@ -86,3 +86,16 @@ def write_json(path: str, data: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1))
     print(json.dumps(data, indent=1))
+
+
+def timed(device: torch.device, fn):
+    """(output, {"s", "peak_gib"}) of one call, or (None, {"oom": True}) when it runs out of memory."""
+    import gc
+
+    gc.collect()
+    try:
+        with Timer(device) as t:
+            out = fn()
+    except torch.OutOfMemoryError:
+        return None, {"oom": True}
+    return out, {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3)}

@@ -9,11 +9,10 @@ ratios against the anchors measured in the same run. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import gc
 
 import torch
 
-from _common import Timer, error_stats, load_comfy, load_wan_accel, randomise_, write_json
+from _common import error_stats, load_comfy, load_wan_accel, randomise_, timed, write_json
 
 
 def comfy_wan21(dim: int):
@@ -46,7 +45,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/vae_decode.json")
     a = p.parse_args()
     load_comfy(a.comfy)
-    wan_accel = load_wan_accel()
+    load_wan_accel()
     from wan_accel.vae_accel import decode
     import comfy.sd
 
@@ -79,18 +78,10 @@ def main() -> None:
         torch.cuda.empty_cache()
 
         def record(name, fn):
-            gc.collect()
-            try:
-                with Timer(dev) as t:
-                    out = fn()
-            except torch.OutOfMemoryError:
-                row[name] = {"oom": True}
-                print(F, name, "OOM", flush=True)
-                return
-            stats = error_stats(out.reshape(ref.shape), ref)
-            row[name] = {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3), **{k: round(v, 5) for k, v in stats.items()}}
+            out, row[name] = timed(dev, fn)
+            if out is not None:
+                row[name].update({k: round(v, 5) for k, v in error_stats(out.reshape(ref.shape), ref).items()})
             print(F, name, row[name], flush=True)
-            del out
 
         record("native_module.decode", lambda: to01(bf16.decode(z.to(dev, torch.bfloat16)).cpu()))
         record("native_VAE.decode", lambda: vae.decode(z))
@@ -130,10 +121,10 @@ def main() -> None:
         for name, fn in [("native_VAE.decode", lambda: vae22.decode(z)),
                          ("ours_default", lambda: decode(vae22.first_stage_model, z, layout="comfy", progress=False)),
                          ("ours_2gib", lambda: decode(vae22.first_stage_model, z, layout="comfy", budget_bytes=2 * 2**30, progress=False))]:
-            with Timer(dev) as t:
-                out = fn()
-            row[name] = {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3), **error_stats(out.reshape(ref.shape), ref)}
-            print(row[name], flush=True)
+            out, row[name] = timed(dev, fn)
+            if out is not None:
+                row[name].update(error_stats(out.reshape(ref.shape), ref))
+            print(name, row[name], flush=True)
         res["wan22"] = row
     write_json(a.out, res)
 

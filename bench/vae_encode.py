@@ -7,11 +7,10 @@ builds it. Seconds, peak VRAM, relative error against an fp32 reference, ratios.
 from __future__ import annotations
 
 import argparse
-import gc
 
 import torch
 
-from _common import Timer, load_comfy, load_wan_accel, write_json
+from _common import load_comfy, load_wan_accel, timed, write_json
 from vae_decode import comfy_wan21, comfy_wan22
 
 
@@ -44,14 +43,9 @@ def main() -> None:
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
 
     def bench(name, fn, ref, row):
-        gc.collect()
-        try:
-            with Timer(dev) as t:
-                out = fn()
-        except torch.OutOfMemoryError:
-            row[name] = {"oom": True}
-            return
-        row[name] = {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3), "rel_err_vs_fp32": round(rel_err(out, ref), 5)}
+        out, row[name] = timed(dev, fn)
+        if out is not None:
+            row[name]["rel_err_vs_fp32"] = round(rel_err(out, ref), 5)
         print(row["frames"], name, row[name], flush=True)
 
     for version, (h, w) in [("2.1", (H, W))] + ([("2.2", (704, 1280))] if a.wan22 else []):

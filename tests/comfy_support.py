@@ -202,3 +202,14 @@ def headless_chromium(skip_reason: str):
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def ws_messages(ws, deadline: float):
+    """ComfyUI's JSON websocket messages until ``deadline`` (time.time()); binary previews skipped."""
+    import json
+    import time
+
+    while time.time() < deadline:
+        raw = ws.recv()
+        if not isinstance(raw, bytes):
+            yield json.loads(raw)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support import comfy_server, headless_chromium
+from comfy_support import comfy_server, headless_chromium, ws_messages
 
 REPO = Path(__file__).resolve().parent.parent
 TIME_BADGE = re.compile(r"(^|\n)\d+(\.\d+)?(ms|s) · \d+(\.\d)?%")
@@ -92,11 +92,7 @@ def _run_prompt(srv, prompt: dict, client_id: str | None, ws=None, timeout: floa
     events = []
     deadline = time.time() + timeout
     if ws is not None:
-        while time.time() < deadline:
-            raw = ws.recv()
-            if isinstance(raw, bytes):
-                continue
-            msg = json.loads(raw)
+        for msg in ws_messages(ws, deadline):
             events.append(msg)
             if msg["type"] == "wan_accel.telemetry.run" and msg["data"].get("prompt_id") == prompt_id:
                 break

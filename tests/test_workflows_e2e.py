@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support import comfy_server, headless_chromium
+from comfy_support import comfy_server, headless_chromium, ws_messages
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "api" / "wan22_i2v_14B_4step_accel.api.json"
@@ -151,11 +151,7 @@ def _run(srv, prompt: dict, timeout: float = 900) -> tuple[str, list]:
         prompt_id = _post_json(srv["base"] + "/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
         events = []
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            raw = ws.recv()
-            if isinstance(raw, bytes):
-                continue
-            msg = json.loads(raw)
+        for msg in ws_messages(ws, deadline):
             events.append(msg)
             data = msg.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):

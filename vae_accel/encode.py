@@ -120,7 +120,7 @@ def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar,
         x = _read(video, b, layout, (in_frame(f0, tf), in_frame(f1, tf)), inr, ctx)
         y = graph.down.run(x, inr, rect, size, state, ctx)
         if "store" not in box:
-            box["store"] = torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype, device=ctx.device if ctx.device.type == "cpu" else "cpu")
+            box["store"] = torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype)  # host: flat VRAM in frames
         box["store"][f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
 
     tile_loop(tiles, T_lat, k, step, device=ctx.device, fault=fault, bar=bar, stage="encode")
