@@ -222,7 +222,8 @@ def _run_sage(call: AttnCall) -> torch.Tensor:
     return out.transpose(1, 2) if layout == "NHD" else out
 
 
-register(Backend("sage", "SageAttention (installed sageattention, any version): INT8 QK, fp16 PV",
+register(Backend("sage", "SageAttention (the installed sageattention: 1.x INT8 QK + fp16 PV; 2.x INT8 QK + FP8 PV "
+                         "on sm89/sm90)",
                  _run_sage, probe=_probe_sage, devices=("cuda",), dtypes=HALF,
                  head_dims=lambda d: d in (64, 96, 128), head_dims_doc="64, 96, 128", mask=False,
                  min_capability=(8, 0), low_precision=True, package="sageattention"))

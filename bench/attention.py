@@ -220,6 +220,8 @@ def bench_shape(b: Bench, name: str, comfy_attn) -> dict:
                 return call.finish(direct_b.run(call))
 
             pa, pb = [], []
+            if not b.args.pairs:
+                continue
             for _ in range(b.args.pairs):
                 pa.append(cuda_time(direct, 1)[0])
                 pb.append(cuda_time(via_override, 1)[0])
@@ -249,11 +251,12 @@ def bench_shape(b: Bench, name: str, comfy_attn) -> dict:
             for _ in range(b.args.overhead_pairs):
                 a_ms.append(cuda_time(lambda: fn(q, k, v, heads=HEADS, transformer_options=plain), 1)[0])
                 o_ms.append(cuda_time(lambda: fn(q, k, v, heads=HEADS, transformer_options=with_ov), 1)[0])
-            ma, mo = statistics.median(a_ms), statistics.median(o_ms)
-            r["override_overhead"] = {"comfy_fn_ms_median": ma, "with_sdpa_override_ms_median": mo,
-                                      "overhead_pct": 100.0 * (mo / ma - 1.0), "pairs": len(a_ms),
-                                      "note": "same SDPA kernel both ways; the difference is the override's cost"}
-            b.log(f"  override overhead {100.0 * (mo / ma - 1.0):+.2f}% ({ma:.2f} -> {mo:.2f} ms)")
+            if a_ms:
+                ma, mo = statistics.median(a_ms), statistics.median(o_ms)
+                r["override_overhead"] = {"comfy_fn_ms_median": ma, "with_sdpa_override_ms_median": mo,
+                                          "overhead_pct": 100.0 * (mo / ma - 1.0), "pairs": len(a_ms),
+                                          "note": "same SDPA kernel both ways; the difference is the override's cost"}
+                b.log(f"  override overhead {100.0 * (mo / ma - 1.0):+.2f}% ({ma:.2f} -> {mo:.2f} ms)")
         except Exception as exc:
             r["comfy_default"] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
             traceback.print_exc()

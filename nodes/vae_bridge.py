@@ -9,7 +9,7 @@ import comfy.utils
 from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
-from ..vae_accel.planner import DEFAULT_BUDGET, ENCODE_DEFAULT_BUDGET
+from ..vae_accel.planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET
 from ..vae_accel.runtime import default_budget
 
 GIB = 2**30
@@ -46,11 +46,11 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _plan_args(vae, overrides: Overrides, space_factor: int, cap: int) -> dict:
+def _plan_args(vae, overrides: Overrides, space_factor: int, floor: int, cap: int) -> dict:
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
     device = vae.device
     budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
-        default_budget(device, mm.get_free_memory(device), cap) if device.type == "cuda" else None)
+        default_budget(device, mm.get_free_memory(device), floor, cap) if device.type == "cuda" else None)
     tile = max(1, overrides.tile_size // space_factor) if overrides.tile_size else None
     return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget, tile=tile,
                 slice_len=overrides.slice_frames or None, progress=_progress())
@@ -67,7 +67,7 @@ def encode(vae, pixels, overrides: Overrides):
     if pixels.dim() == 4:
         pixels = pixels.unsqueeze(0)
     out = engine_encode(vae.first_stage_model, pixels, layout="comfy",
-                        **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET))
+                        **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP))
     return out.to(vae.output_device)
 
 
@@ -76,5 +76,5 @@ def decode(vae, latent, overrides: Overrides):
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae)
     out = engine_decode(vae.first_stage_model, latent, layout="comfy",
-                        **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET))
+                        **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET, DECODE_BUDGET_CAP))
     return out.to(vae.output_device)

@@ -16,8 +16,9 @@ _PLAN_INPUTS_DOC = "0 lets the planner choose from free VRAM."
 def _plan_inputs() -> list:
     return [
         io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=512.0, step=0.25, optional=True,
-                       tooltip="Device memory the VAE may use, in GiB. 0: free VRAM up to 3 GiB for decode and 2 GiB for "
-                               "encode (more is not faster)."),
+                       tooltip="Device memory the VAE may use, in GiB. 0: a quarter of the free VRAM, kept between "
+                               "3 and 6 GiB for decode and between 2 and 12 GiB for encode (bigger tiles are "
+                               "faster; past the cap nothing is gained). Set it to keep VRAM low."),
         io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, optional=True,
                      tooltip="Largest spatial tile in output pixels. Tiles are exact (halo, no blending), "
                              "smaller tiles use less VRAM and a little more time. " + _PLAN_INPUTS_DOC),

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wan_accel.vae_accel import build_decoder, plan_decode
-from wan_accel.vae_accel.planner import estimate_bytes, grid
+from wan_accel.vae_accel.planner import ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET, estimate_bytes, grid
+from wan_accel.vae_accel.runtime import default_budget
 
 from wan_fixtures import wan21
 
@@ -66,3 +70,23 @@ def test_overrides_are_respected():
 def test_unlimited_budget_means_one_tile():
     plan = plan_decode(UP, (152, 104), 21, 2, None)
     assert (plan.tile_h, plan.tile_w) == (152, 104)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("free_gib, decode_gib, encode_gib", [
+    (70.0, 6.0, 12.0),   # an 80 GB card with two fp8 experts loaded: the caps (fastest plans)
+    (20.0, 5.0, 5.0),    # a 24 GB card: a quarter of what is free
+    (8.0, 3.0, 2.0),     # tight: the floors, which keep the low-VRAM plans
+    (1.5, 1.5, 1.5),     # tighter than the floor: never more than is free
+])
+def test_default_budget_is_a_share_of_free_memory_between_floor_and_cap(free_gib, decode_gib, encode_gib):
+    cuda = torch.device("cuda")  # only the type is read when free memory is given
+    free = int(free_gib * GIB)
+    assert default_budget(cuda, free) == int(decode_gib * GIB)
+    assert default_budget(cuda, free, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP) == int(encode_gib * GIB)
+
+
+def test_default_budget_is_unlimited_on_the_cpu():
+    assert default_budget(torch.device("cpu")) is None

@@ -9,7 +9,7 @@ import logging
 import torch
 
 from .ops import ExecContext, rms_norm_silu
-from .planner import DEFAULT_BUDGET
+from .planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, FREE_SHARE
 
 log = logging.getLogger("wan_accel")
 _compiled_norm = None
@@ -24,14 +24,18 @@ def free_memory(device: torch.device) -> int | None:
     return int(free + cached_idle)
 
 
-def default_budget(device: torch.device, free: int | None = None, cap: int = DEFAULT_BUDGET) -> int | None:
-    """The planner's budget when the user sets none: free memory, capped so VRAM stays flat.
+def default_budget(device: torch.device, free: int | None = None, floor: int = DEFAULT_BUDGET,
+                   cap: int = DECODE_BUDGET_CAP, share: float = FREE_SHARE) -> int | None:
+    """The planner's budget when the user sets none: ``share`` of the free memory, at least ``floor``
+    and at most ``cap``, and never more than is free. None on the CPU (no limit).
 
-    Past ~3 GiB the decode gets no faster (bench/vae_decode.py), so more would only crowd out
-    the models ComfyUI keeps loaded.
+    Models ComfyUI keeps loaded are already outside "free", and the share leaves the rest of it to
+    them and the sampler; the cap is where more memory stops buying speed (planner.py).
     """
     free = free_memory(device) if free is None else free
-    return None if free is None else min(free, cap)
+    if free is None:
+        return None
+    return int(min(free, max(floor, min(cap, free * share))))
 
 
 def is_oom(exc: BaseException) -> bool:
