@@ -36,6 +36,37 @@ def load_comfy(path: str | None):
     return path
 
 
+def vae_bench_start(a) -> tuple[torch.device, int, int, dict]:
+    """What every VAE bench does first: ComfyUI (``a.comfy``) and this package importable, the CUDA
+    device, the frame size from ``a.size`` ("HxW") and the result's header."""
+    load_comfy(a.comfy)
+    load_wan_accel()
+    H, W = (int(v) for v in a.size.split("x"))
+    return torch.device("cuda"), H, W, {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+
+def make_executor(execution):
+    """ComfyUI's ``PromptExecutor`` without a server (0.3.64 and 0.8.0 signatures), classic cache."""
+    import inspect
+
+    class _Server:
+        client_id = None
+        last_node_id = None
+        last_prompt_id = None
+        sockets_metadata: dict = {}
+
+        def send_sync(self, *args, **kwargs):
+            pass
+
+        def queue_updated(self):
+            pass
+
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    if "cache_args" in params:
+        return execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0})
+    return execution.PromptExecutor(_Server(), cache_type=False)
+
+
 def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights scaled like a trained net (1/sqrt(fan_in)); norms at 1, biases at 0."""
     g = torch.Generator().manual_seed(seed)

@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import statistics
 import sys
 import time

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import inspect
 import json
 import logging
 import statistics
@@ -35,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import load_wan_accel
+from _common import load_wan_accel, make_executor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,25 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 def load_package():
     load_wan_accel()
     return importlib.import_module("wan_accel.nodes.telemetry_nodes")
-
-
-class _Server:
-    client_id = None
-    last_node_id = None
-    sockets_metadata: dict = {}
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
-def make_executor(execution):
-    params = inspect.signature(execution.PromptExecutor.__init__).parameters
-    if "cache_args" in params:
-        return execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0})
-    return execution.PromptExecutor(_Server(), cache_type=False)
 
 
 def cheap_workflow(n: int) -> tuple[dict, list[str]]:

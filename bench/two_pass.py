@@ -44,7 +44,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import load_wan_accel
+from _common import load_wan_accel, make_executor
 
 REPO = Path(__file__).resolve().parent.parent
 WF = REPO / "workflows" / "api"
@@ -154,27 +154,6 @@ def bench_prompt(path: Path, opts, key: str, repeat: int = 0, backend: str | Non
 
 def start_image_name(repeat: int) -> str:
     return f"wan_accel_start_{repeat}.png"
-
-
-def make_executor(execution):
-    import inspect
-
-    class _Server:
-        client_id = None
-        last_node_id = None
-        last_prompt_id = None
-        sockets_metadata: dict = {}
-
-        def send_sync(self, *args, **kwargs):
-            pass
-
-        def queue_updated(self):
-            pass
-
-    params = inspect.signature(execution.PromptExecutor.__init__).parameters
-    if "cache_args" in params:
-        return execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0})
-    return execution.PromptExecutor(_Server(), cache_type=False)
 
 
 def compare(a, b) -> dict:

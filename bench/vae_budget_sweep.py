@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from _common import load_comfy, load_wan_accel, timed, write_json
+from _common import timed, vae_bench_start, write_json
 from vae_decode import comfy_wan21
 from vae_encode import i2v_video
 
@@ -24,22 +24,18 @@ def main() -> None:
     p.add_argument("--budgets", default="2,3,4,6,8,12,16", help="GiB")
     p.add_argument("--out", default="bench/results/vae_budget_sweep.json")
     a = p.parse_args()
-    load_comfy(a.comfy)
-    load_wan_accel()
+    dev, H, W, res = vae_bench_start(a)
     import comfy.sd
     from wan_accel.vae_accel import build_decoder, build_encoder, decode, encode
     from wan_accel.vae_accel.planner import plan_decode, plan_encode
 
-    dev = torch.device("cuda")
-    H, W = (int(v) for v in a.size.split("x"))
     h, w, T = H // 8, W // 8, (a.frames - 1) // 4 + 1
     vae = comfy.sd.VAE(sd=comfy_wan21(96).state_dict())
     m = vae.first_stage_model
     dec, enc = build_decoder(m), build_encoder(m)
     video = i2v_video(a.frames, H, W)
     z = torch.randn(1, 16, T, h, w)
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "frames": a.frames,
-           "size": a.size, "vae_dtype": str(vae.vae_dtype), "encode": {}, "decode": {}}
+    res.update(frames=a.frames, size=a.size, vae_dtype=str(vae.vae_dtype), encode={}, decode={})
 
     vae.encode(video[:5])  # loads the weights, warms cuDNN at this size
     vae.decode(z[:, :, :2])

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from _common import error_stats, load_comfy, load_wan_accel, randomise_, timed, write_json
+from _common import error_stats, randomise_, timed, vae_bench_start, write_json
 
 
 def comfy_wan21(dim: int):
@@ -44,14 +44,10 @@ def main() -> None:
     p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
     p.add_argument("--out", default="bench/results/vae_decode.json")
     a = p.parse_args()
-    load_comfy(a.comfy)
-    load_wan_accel()
+    dev, H, W, res = vae_bench_start(a)
     from wan_accel.vae_accel import decode
     import comfy.sd
-
-    dev = torch.device("cuda")
-    H, W = (int(v) for v in a.size.split("x"))
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+    res["runs"] = []
     model = comfy_wan21(96)
     sd = model.state_dict()
     vae = comfy.sd.VAE(sd=sd)  # ComfyUI's wrapper, bf16 on the GPU: the anchor

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from _common import load_comfy, load_wan_accel, timed, write_json
+from _common import timed, vae_bench_start, write_json
 from vae_decode import comfy_wan21, comfy_wan22
 
 
@@ -33,14 +33,10 @@ def main() -> None:
     p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
     p.add_argument("--out", default="bench/results/vae_encode.json")
     a = p.parse_args()
-    load_comfy(a.comfy)
-    load_wan_accel()
+    dev, H, W, res = vae_bench_start(a)
     import comfy.sd
     from wan_accel.vae_accel import encode
-
-    dev = torch.device("cuda")
-    H, W = (int(v) for v in a.size.split("x"))
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+    res["runs"] = []
 
     def bench(name, fn, ref, row):
         out, row[name] = timed(dev, fn)
