@@ -100,22 +100,23 @@ class Card:
             self.fill_to(self.vram_gb)
         return self
 
-    def fill_to(self, free_gib: float) -> dict:
-        """(Re)size the holder so that ``free_gib`` GiB of the device stay free; returns its report."""
+    def fill_to(self, free_gib: float | None) -> dict:
+        """(Re)size the holder so that ``free_gib`` GiB of the device stay free (None: hold nothing);
+        returns its report."""
         if self.holder is None:
             env = dict(os.environ)
             env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the holder's allocator: plain cudaMalloc blocks
             self.holder = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "hold",
                                             str(self.device_index)], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, text=True, env=env)
-        self.holder.stdin.write(f"{int(free_gib * GIB)}\n")
+        self.holder.stdin.write(f"{-1 if free_gib is None else int(free_gib * GIB)}\n")
         self.holder.stdin.flush()
         line = self.holder.stdout.readline()
         if not line:
             raise RuntimeError(f"the card holder process died (exit {self.holder.poll()}); see its stderr")
         event = json.loads(line) | {"target_free_gib": free_gib}
         self.events.append(event)
-        if abs(event["free_after"] - int(free_gib * GIB)) > TOLERANCE:
+        if free_gib is not None and abs(event["free_after"] - int(free_gib * GIB)) > TOLERANCE:
             raise RuntimeError(f"could not leave {free_gib} GiB free: {event}")
         return event
 
@@ -179,7 +180,7 @@ class DeviceMemorySampler:
 
 def _hold(device_index: int) -> None:
     """The holder process: for each target (free bytes) read on stdin, free what it holds, then allocate
-    until the device has that much free; answer one JSON line. Exits when stdin closes."""
+    until the device has that much free (-1: hold nothing); answer one JSON line. Exits when stdin closes."""
     import torch
 
     torch.cuda.set_device(device_index)
@@ -190,7 +191,7 @@ def _hold(device_index: int) -> None:
         blocks.clear()
         torch.cuda.empty_cache()
         free_before, total = torch.cuda.mem_get_info(device_index)
-        for _ in range(3):  # the context and rounding can leave the first pass a few MiB off
+        for _ in range(3 if target >= 0 else 0):  # the context and rounding can leave the first pass a few MiB off
             free, _ = torch.cuda.mem_get_info(device_index)
             for size in filler_plan(free, target):
                 blocks.append(torch.empty(size, dtype=torch.uint8, device=f"cuda:{device_index}"))
@@ -201,5 +202,36 @@ def _hold(device_index: int) -> None:
                           "held": sum(b.numel() for b in blocks), "t": round(time.time(), 3)}), flush=True)
 
 
+def _launch(total_bytes: int, script: str, args: list[str]) -> None:
+    """Run a program (ComfyUI's main.py) as ``python script args`` would, with ``report_total`` applied the
+    moment it first imports ``comfy.model_management``: after its own start-up code (cuda_malloc, comfy-aimdo)
+    has run, before the device total is read."""
+    import importlib.abc
+    import runpy
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "comfy.model_management":
+                sys.meta_path.remove(self)
+                import torch
+
+                report_total(torch, total_bytes)
+            return None
+
+    sys.meta_path.insert(0, PatchOnImport())
+    sys.argv = [script, *args]
+    sys.path[0] = str(Path(script).resolve().parent)  # as if run directly: ComfyUI's folder, not bench/
+    runpy.run_path(script, run_name="__main__")
+
+
+def launch_command(total_bytes: int | None, script: str, args: list[str]) -> list[str]:
+    """The command line that runs ``script`` on the emulated card (plainly when there is none)."""
+    if not total_bytes:
+        return [sys.executable, script, *args]
+    return [sys.executable, str(Path(__file__).resolve()), "launch", str(total_bytes), script, *args]
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["hold"]:
     _hold(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+elif __name__ == "__main__" and sys.argv[1:2] == ["launch"]:
+    _launch(int(sys.argv[2]), sys.argv[3], sys.argv[4:])

@@ -64,13 +64,16 @@ def test_sampler_reports_the_lowest_free_memory_it_saw_as_peak_use(card):
     assert sampler.peak_used_gib(card.Card(0)) == 138.0  # the whole device
 
 
-def test_every_gpu_bench_takes_the_card_size(card):
-    import argparse
+@pytest.mark.parametrize("name", ["two_pass", "vae_after_sampler", "server_memory"])
+def test_every_gpu_bench_takes_the_card_size(card, name):
+    module = load_bench(name)
+    opts = module.parse_args(["--comfy", "c", "--out", "o", "--vram-gb", "16"])
+    assert opts.vram_gb == 16.0 and card.Card(opts.vram_gb).total_bytes == 16 * GIB
 
-    for name in ("two_pass", "vae_after_sampler", "server_memory"):
-        module = load_bench(name)
-        with pytest.raises(SystemExit):
-            module.parse_args(["--help"])
-    parser = argparse.ArgumentParser()
-    card.add_arguments(parser)
-    assert parser.parse_args(["--vram-gb", "16"]).vram_gb == 16.0
+
+def test_launch_command_wraps_the_server_only_on_an_emulated_card(card):
+    import sys
+
+    assert card.launch_command(None, "main.py", ["--cpu"]) == [sys.executable, "main.py", "--cpu"]
+    cmd = card.launch_command(16 * GIB, "main.py", ["--port", "1"])
+    assert cmd[1].endswith("card.py") and cmd[2:] == ["launch", str(16 * GIB), "main.py", "--port", "1"]
