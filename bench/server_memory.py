@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,17 @@ async def session_rounds(opts, base_url: str, server, log_path: Path, result: di
                 Path(opts.out).write_text(json.dumps(result, indent=1))
 
 
+def stop(server) -> None:
+    """Ctrl+C as a user stops ComfyUI; killed if it has not gone in 30 s."""
+    import psutil
+
+    server.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs([psutil.Process(server.pid)], timeout=30)
+    for proc in alive:
+        proc.kill()
+    server.wait()
+
+
 def wait_ready(base_url: str, server, timeout: float = 300) -> None:
     import urllib.request
 
@@ -233,11 +245,7 @@ def main(argv=None) -> int:
         wait_ready(base_url, server)
         asyncio.run(session_rounds(opts, base_url, server, log_path, result))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         card.release()
         result["log_tail"] = log_path.read_text(errors="replace")[-3000:]
         write_json(opts.out, result)

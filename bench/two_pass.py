@@ -46,7 +46,6 @@ import time
 import uuid
 from pathlib import Path
 
-import bench_nodes
 import card as cards
 import comfy_boot
 import models
@@ -62,6 +61,8 @@ DEFAULT_MODELS = Path(tempfile.gettempdir()) / "wan_accel_bench_models"
 
 def register_nodes(nodes) -> None:
     """Our nodes (as ComfyUI registers a V3 extension's list) and the bench-only nodes."""
+    import bench_nodes  # a V3 node module: needs ComfyUI on sys.path
+
     load_wan_accel()
     from wan_accel.nodes import attention_nodes, vae_nodes
 
@@ -214,6 +215,7 @@ def main(argv=None) -> int:
                            card_total_bytes=card.total_bytes)
     if not cuda:  # the CPU fixtures need ComfyUI's modules for their key names
         models_dir, manifest = ensure_models(opts, cuda)
+    import bench_nodes
     import execution
     import nodes
 

@@ -151,11 +151,11 @@ def load_expert(opts):
 def run_ops(opts, card, vae, z, video, ref, dev, cuda) -> dict:
     import comfy.model_management as mm
     import torch
-    from bench_nodes import WanAccelBenchConditioning
+    from bench_nodes import random_conditioning
     from wan_accel.nodes.vae_nodes import WanAccelVAEPatch
 
     expert, nodes = load_expert(opts)
-    cond = WanAccelBenchConditioning().make(0, 16 if opts.cpu_check else 512)[0]
+    cond = random_conditioning(0, 16 if opts.cpu_check else 512)
     t0 = time.perf_counter()
     nodes.common_ksampler(expert, 0, opts.sampler_steps, 1.0, "euler", "simple", cond, cond,
                           {"samples": torch.zeros(z.shape[0], 16, *z.shape[2:]) if z.shape[1] == 16
