@@ -46,7 +46,7 @@ def vae_bench_start(a) -> tuple[torch.device, int, int, dict]:
 
 
 def make_executor(execution):
-    """ComfyUI's ``PromptExecutor`` without a server (0.3.64 and 0.8.0 signatures), classic cache."""
+    """ComfyUI's ``PromptExecutor`` without a server (0.3.64 to 0.33 signatures), classic cache."""
     import inspect
 
     class _Server:
@@ -63,7 +63,8 @@ def make_executor(execution):
 
     params = inspect.signature(execution.PromptExecutor.__init__).parameters
     if "cache_args" in params:
-        return execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0})
+        # 0.33 reads "ram_inactive" on every prompt; older versions ignore the extra key
+        return execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     return execution.PromptExecutor(_Server(), cache_type=False)
 
 

@@ -1,120 +1,74 @@
-"""Wan 2.2 14B i2v two-pass (4-step LoRA) in real ComfyUI: stock vs accelerated, same seed.
+"""Wan 2.2 14B i2v two-pass (4-step LoRA) in real ComfyUI: stock vs ours, same seeds, on emulated cards.
 
-    python bench/two_pass.py --comfy /path/to/ComfyUI --out two_pass.json            # GPU, full width
-    python bench/two_pass.py --comfy /path/to/ComfyUI --out two_pass.json --small    # CPU smoke run, < 1 min
+    python bench/two_pass.py --comfy /tmp/comfy-0.33.0 --out cell.json --vram-gb 16      # GPU: one cell
+    python bench/two_pass.py --comfy /path/to/ComfyUI --out small.json --small           # CPU smoke run, < 1 min
 
-Run it with the ComfyUI install's Python from the repository root. In-process: ComfyUI's own
-``PromptExecutor`` runs the shipped API prompts ``workflows/api/wan22_i2v_14B_4step_ab_stock.api.json`` and
-``..._ab_accel.api.json`` (the A/B graph with its ACCELERATION group bypassed / active), so every core
+Run it with the ComfyUI install's Python. In-process, ComfyUI started as its main.py starts it
+(``comfy_boot``: cuda_malloc, Dynamic VRAM on 0.33 unless ``--comfy-dynamic-vram off``), on a card of
+``--vram-gb`` GiB (``card``: a holder process leaves that much free before this process touches CUDA).
+ComfyUI's own ``PromptExecutor`` runs the shipped API prompts ``workflows/api/wan22_i2v_14B_4step_ab_stock``
+and ``..._ab_accel.api.json`` (the A/B graph with its ACCELERATION group bypassed / active), so every core
 node is ComfyUI's. What the bench changes, and why:
 
-* models: random weights with the real key names and file layout (``fixtures/build.py``), written to a
-  temporary models folder. Full mode: the experts at the real width (dim 5120, 40 heads of 128, ffn
-  13824) with ``--layers`` of the real 40 blocks (default 10); LoRAs rank 64 on every block linear;
-  the real Wan 2.1 VAE size. ``sampler_s_per_40_blocks`` scales the sampler nodes' seconds by
-  40 / layers (the blocks are all the work of a step; embeddings and head are negligible);
-  load times and VRAM are *not* scaled. Weights are stored bf16 and loaded with UNETLoader
-  ``weight_dtype`` ``--unet-dtype`` (default fp8_e4m3fn, as the real fp8 files compute).
-* text: the 5.7B umt5 encoder is replaced by random ``[1, --tokens, 4096]`` embeddings from a bench-only
-  node (``CLIPLoader`` removed, both ``CLIPTextEncode`` replaced; same node ids);
-* the decoded frames are also captured in memory by a bench-only output node, to compare the paths.
+* models (``models.py``, cached in ``--models``, reused by a later command on a still-warm machine):
+  random weights with the real key names; the experts at the real width (dim 5120, 40 heads of 128, ffn
+  13824) and ``--layers`` of the real 40 blocks (default: all 40), block matrices in fp8_e4m3fn on disk as
+  in the real ``*_fp8_scaled`` files, written tensor by tensor from the GPU (2 x ~14 GB); LoRAs rank 64 on
+  every block linear; the real Wan 2.1 VAE size. ``sampler_s_per_40_blocks`` scales the sampler nodes'
+  seconds by 40 / layers when fewer blocks are built; load times and VRAM are never scaled.
+* text: the 5.7B umt5 encoder is replaced by random ``[1, --tokens, 4096]`` embeddings (``bench_nodes``;
+  ``CLIPLoader`` removed, both ``CLIPTextEncode`` replaced, same node ids);
+* the decoded frames are captured in memory by a bench-only output node, to compare the paths.
 
-Each variant runs ``--repeats`` times, alternating (stock, accel, accel, stock, ...), in one executor as
-a user re-queues the graph: repeat i has its own seed and start image, so everything from the image and
-the samplers on runs again while the loaders stay cached and the models stay loaded. Repeat 0 pays the
-loads, the first-call costs and auto's tuning; the steady state is the median of the later repeats.
-Reported per run: wall seconds, per-node telemetry (seconds, GPU seconds, peak VRAM, steps), peak VRAM
-(the largest per-node peak), ``e2e_s_at_40_blocks`` (wall with the sampler seconds scaled to 40 blocks)
-and the stock-vs-accel frame differences of the same repeat. ``--backend`` sets both attention nodes
-(default ``auto``); ``--sdpa-check`` adds one accel run with ``sdpa`` on both experts, whose frames must
-match stock's up to the VAE's float noise.
+The plan (``--paths``, most valuable first; ``--warm`` re-queues each): for each path a *first run* (fresh
+executor cache, every model unloaded: what a user gets after starting ComfyUI, except the OS file cache)
+then warm re-queues (new seed and start image; loaders cached, models left as ComfyUI left them). Paths:
+``stock``; ``accel_sdpa`` (our VAE patch, ``sdpa`` on both experts: the attention stock uses, so this is the
+VAE engine's gain alone and its frames must match stock's to bf16 noise); ``accel_auto`` (``auto``
+attention; its first run pays the tuning). A run that fails (out of memory on a small card) is recorded
+with its error and the plan goes on. ``--budget-s`` skips runs that would not finish in the time left.
+JSON is written after every run. Reported per run: wall seconds, per-node telemetry (seconds, GPU
+seconds, peak VRAM, steps, attention choice, VAE phases, models loaded / unloaded, partial loads and
+offloaded MB per expert), model loads, the device's peak memory in use (sampled), and frame PSNR
+between the paths at the same repeat (same seed and image).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
+import gc
 import json
 import logging
-import math
 import platform
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import card as cards
+import comfy_boot
+import models
+import run_report
 from _common import load_wan_accel, make_executor
 
 REPO = Path(__file__).resolve().parent.parent
 WF = REPO / "workflows" / "api"
-CAPTURED: dict = {}
-
-
-def setup_comfy(path: str, cpu: bool):
-    sys.path.insert(0, str(Path(path).resolve()))
-    from comfy.cli_args import args
-
-    if cpu:
-        args.cpu = True
-    import comfy.utils
-    import execution
-    import nodes
-    from comfy_execution.progress import get_progress_state
-    from comfy_execution.utils import get_executing_context
-
-    asyncio.run(nodes.init_builtin_extra_nodes())
-
-    def hook(value, total, preview_image, prompt_id=None, node_id=None):  # what main.py's hook feeds telemetry
-        ctx = get_executing_context()
-        if node_id is None and ctx is not None:
-            node_id = ctx.node_id
-        if node_id is not None:
-            get_progress_state().update_progress(node_id, value, total, None)
-
-    comfy.utils.set_progress_bar_global_hook(hook)
-    return nodes, execution
+PATHS = {"stock": ("stock", None), "accel_sdpa": ("accel", "sdpa"), "accel_auto": ("accel", "auto"),
+         "accel": ("accel", None)}  # variant: (prompt, attention backend override)
+DEFAULT_MODELS = Path(tempfile.gettempdir()) / "wan_accel_bench_models"
 
 
 def register_nodes(nodes) -> None:
-    """Our nodes (as ComfyUI registers a V3 extension's list) and the two bench-only nodes."""
-    import torch
+    """Our nodes (as ComfyUI registers a V3 extension's list) and the bench-only nodes."""
+    import bench_nodes  # a V3 node module: needs ComfyUI on sys.path
 
     load_wan_accel()
     from wan_accel.nodes import attention_nodes, vae_nodes
 
     for cls in vae_nodes.NODES + attention_nodes.NODES:
         nodes.NODE_CLASS_MAPPINGS[cls.GET_SCHEMA().node_id] = cls
-
-    class WanAccelBenchConditioning:
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"seed": ("INT", {"default": 0}), "tokens": ("INT", {"default": 512})}}
-
-        RETURN_TYPES = ("CONDITIONING",)
-        FUNCTION = "make"
-        CATEGORY = "bench"
-
-        def make(self, seed, tokens):
-            g = torch.Generator().manual_seed(seed)
-            return ([[torch.randn(1, tokens, 4096, generator=g) * 0.1, {}]],)
-
-    class WanAccelBenchCapture:
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"images": ("IMAGE",), "key": ("STRING", {"default": "frames"})}}
-
-        RETURN_TYPES = ()
-        FUNCTION = "capture"
-        OUTPUT_NODE = True
-        CATEGORY = "bench"
-
-        def capture(self, images, key):
-            CAPTURED[key] = images.detach().float().cpu()
-            return {}
-
-    nodes.NODE_CLASS_MAPPINGS["WanAccelBenchConditioning"] = WanAccelBenchConditioning
-    nodes.NODE_CLASS_MAPPINGS["WanAccelBenchCapture"] = WanAccelBenchCapture
+    nodes.NODE_CLASS_MAPPINGS.update(bench_nodes.NODE_CLASS_MAPPINGS)
 
 
 def bench_prompt(path: Path, opts, key: str, repeat: int = 0, backend: str | None = None) -> tuple[dict, list[str]]:
@@ -143,7 +97,7 @@ def bench_prompt(path: Path, opts, key: str, repeat: int = 0, backend: str | Non
         elif t == "SaveVideo":
             node["inputs"]["filename_prefix"] = f"video/two_pass_{key}"
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
-    prompt["9001"] = {"class_type": "WanAccelBenchCapture", "inputs": {"images": [decode, 0], "key": key}}
+    prompt["9001"] = {"class_type": "WanAccelBenchCapture", "inputs": {"images": [decode, 0], "key": key, "keep": True}}
     outputs = ["9001"] + ([nid for nid, n in prompt.items() if n["class_type"] == "SaveVideo"] if opts.save_video
                           else [])
     if not opts.save_video:
@@ -156,137 +110,116 @@ def start_image_name(repeat: int) -> str:
     return f"wan_accel_start_{repeat}.png"
 
 
-def compare(a, b) -> dict:
-    d = (a - b).abs()
-    mse = float((a - b).pow(2).mean())
-    return {"shape": list(a.shape), "max_abs": round(float(d.max()), 6), "mean_abs": round(float(d.mean()), 7),
-            "psnr_db": math.inf if mse == 0 else round(10 * math.log10(1 / mse), 2)}
+def plan(paths: list[str], warm: int) -> list[tuple[str, int]]:
+    """(variant, repeat) in run order: each path's first run (repeat 0) then its warm re-queues."""
+    return [(p, i) for p in paths for i in range(1 + warm)]
 
 
-def describe_run(key: str, repeat: int, wall: float, prompt: dict, rec: dict, layers: int, cuda: bool) -> dict:
-    per_node = []
-    sampler_s = 0.0
-    for r in rec.get("nodes", []):
-        node = prompt.get(r["node_id"], {})
-        entry = {k: r.get(k) for k in ("node_id", "type", "seconds", "gpu_s", "vram_peak_allocated_mb",
-                                       "model_load_s", "partial_load", "offloaded_mb") if r.get(k) is not None}
-        if r.get("steps"):
-            entry["steps"] = {k: r["steps"].get(k) for k in ("count", "mean_s", "max_s")}
-        notes = [n for n in r.get("notes", []) if n.get("name") == "attention_backend"]
-        if notes:
-            entry["attention"] = sorted({f"{n['backend']} ({n['reason'][:60]})" for n in notes})
-        phases: dict = {}
-        for p in r.get("phases", []):
-            phases[p["name"]] = round(phases.get(p["name"], 0.0) + p.get("seconds", 0.0), 4)
-        if phases:
-            entry["phases_s"] = phases
-        if node.get("class_type") == "KSamplerAdvanced":
-            sampler_s += r.get("seconds", 0.0)
-        per_node.append(entry)
-    nodes_ = rec.get("nodes", [])
-    return {"variant": key, "repeat": repeat, "wall_s": round(wall, 3), "telemetry_wall_s": rec.get("wall_s"),
-            "sampler_s": round(sampler_s, 3),
-            "sampler_s_per_40_blocks": round(sampler_s * 40 / layers, 3),
-            # the blocks are all of a step's work: the rest of the run (VAE, loads) is not scaled
-            "e2e_s_at_40_blocks": round(wall - sampler_s + sampler_s * 40 / layers, 3),
-            # telemetry resets the allocator's peak at every node start: the run's peak is the nodes' max
-            "peak_vram_allocated_mb": max((r.get("vram_peak_allocated_mb") or 0 for r in nodes_), default=None)
-            if cuda else None,
-            "peak_vram_node": max(nodes_, key=lambda r: r.get("vram_peak_allocated_mb") or 0, default={}).get("type")
-            if cuda else None,
-            "totals": rec.get("totals"), "nodes": per_node}
+def ensure_models(opts, cuda: bool) -> tuple[Path, dict]:
+    """Small: bf16 fixtures on the CPU in the work folder. Full: fp8 experts written by ``models.py`` in a
+    child process (its CUDA use must not fix this process's allocator before ComfyUI chooses it)."""
+    if opts.small:
+        out = Path(opts.work) / "models"
+        return out, models.ensure(out, opts.dim, opts.layers, 4, fp8=False)
+    out = Path(opts.models)
+    cmd = [sys.executable, str(Path(__file__).with_name("models.py")), "--comfy", opts.comfy, "--out", str(out),
+           "--dim", str(opts.dim), "--layers", str(opts.layers), "--rank", "64"] + ([] if cuda else ["--device", "cpu"])
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def summarize(runs: list[dict], repeats: int) -> dict:
-    """Median of the steady-state repeats (all but the warm-up, when there are more than one) per variant,
-    each node's median seconds, and stock / accel ratios."""
-    steady = [r for r in runs if r["repeat"] >= (1 if repeats > 1 else 0)]
-    out: dict = {"repeats_used": sorted({r["repeat"] for r in steady})}
-    for key in sorted({r["variant"] for r in steady}):
-        rs = [r for r in steady if r["variant"] == key]
-        entry = {k: round(statistics.median(r[k] for r in rs), 3)
-                 for k in ("wall_s", "sampler_s", "sampler_s_per_40_blocks", "e2e_s_at_40_blocks")}
-        entry["peak_vram_allocated_mb"] = max((r["peak_vram_allocated_mb"] or 0 for r in rs), default=None)
-        per_type: dict = {}
-        for r in rs:
-            for n in r["nodes"]:
-                per_type.setdefault(f"{n['node_id']} {n['type']}", []).append(n.get("seconds", 0.0))
-        entry["node_s"] = {k: round(statistics.median(v), 3) for k, v in per_type.items()}
-        out[key] = entry
-    if "stock" in out and "accel" in out:
-        out["speedup"] = {k: round(out["stock"][k] / out["accel"][k], 3)
-                          for k in ("wall_s", "sampler_s", "e2e_s_at_40_blocks") if out["accel"][k]}
-    return out
+def setup_folders(work: Path, models_dir: Path, opts) -> None:
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    for folder in ("diffusion_models", "loras", "vae"):
+        folder_paths.add_model_folder_path(folder, str(models_dir / folder), is_default=True)
+    for sub in ("input", "output", "temp"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    folder_paths.set_input_directory(str(work / "input"))
+    folder_paths.set_output_directory(str(work / "output"))
+    folder_paths.set_temp_directory(str(work / "temp"))
+    rng = np.random.default_rng(opts.seed)
+    for i in range(1 + opts.warm):
+        Image.fromarray(rng.integers(0, 255, (opts.height, opts.width, 3), dtype=np.uint8)).save(
+            work / "input" / start_image_name(i))
 
 
-def comfy_version(opts) -> str | None:
-    try:
-        sys.path.insert(0, str(Path(opts.comfy).resolve()))
-        import comfyui_version
+def cold_start(execution):
+    """A fresh executor (no cached node outputs) and no model loaded: a first run as after starting ComfyUI."""
+    import comfy.model_management as mm
 
-        return comfyui_version.__version__
-    except Exception:
-        return None
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+    return make_executor(execution)
 
 
-def main(argv=None) -> int:
+def error_of(executor) -> str:
+    for event, data in reversed(executor.status_messages):
+        if event == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_type')}: {str(data.get('exception_message'))[:400]}"
+    return "failed"
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--comfy", required=True, help="ComfyUI checkout (0.3.64 or 0.8.0)")
-    ap.add_argument("--out", required=True, help="result JSON")
+    ap.add_argument("--comfy", required=True, help="ComfyUI checkout (0.3.64, 0.8.0 or 0.33)")
+    ap.add_argument("--out", required=True, help="result JSON (written after every run)")
     ap.add_argument("--small", action="store_true", help="tiny CPU run: dim 256, 2 blocks, 64x64, 5 frames")
-    ap.add_argument("--layers", type=int, default=10, help="expert blocks built (real: 40)")
+    cards.add_arguments(ap)
+    ap.add_argument("--comfy-dynamic-vram", choices=("on", "off"), default="on",
+                    help="ComfyUI 0.33's Dynamic VRAM (comfy-aimdo), as its --disable-dynamic-vram; older releases lack it")
+    ap.add_argument("--paths", default="stock,accel_sdpa,accel_auto", help=f"in run order, from {', '.join(PATHS)}")
+    ap.add_argument("--warm", type=int, default=1, help="warm re-queues after each path's first run")
+    ap.add_argument("--budget-s", type=float, default=0, help="skip runs that would end past this many seconds (0: none)")
+    ap.add_argument("--layers", type=int, default=40, help="expert blocks built (real: 40)")
     ap.add_argument("--dim", type=int, default=5120)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--height", type=int, default=1216)
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--split", type=int, default=2, help="steps per expert (2+2 = the 4-step LoRA schedule)")
     ap.add_argument("--tokens", type=int, default=512, help="text tokens (umt5 output length)")
-    ap.add_argument("--backend", default="auto", help="attention backend of both WanAccelAttention nodes")
+    ap.add_argument("--backend", default="auto", help="attention backend of the plain 'accel' path")
     ap.add_argument("--unet-dtype", default=None, help="UNETLoader weight_dtype (default fp8_e4m3fn; small: default)")
-    ap.add_argument("--repeats", type=int, default=3, help="repeat 0 is the warm-up; the rest are the steady state")
-    ap.add_argument("--sdpa-check", action=argparse.BooleanOptionalAction, default=True,
-                    help="one more accel run with sdpa on both experts, compared with stock's frames")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--save-video", action="store_true", help="also run CreateVideo + SaveVideo")
-    ap.add_argument("--work", help="folder for models/input/output (default: a temporary one)")
+    ap.add_argument("--models", default=str(DEFAULT_MODELS), help="model cache folder (full size)")
+    ap.add_argument("--work", help="folder for input/output (default: a temporary one)")
     opts = ap.parse_args(argv)
     if opts.small:
         opts.dim, opts.layers, opts.width, opts.height, opts.frames, opts.tokens = 256, 2, 64, 64, 5, 16
-        opts.repeats = min(opts.repeats, 2)
     opts.unet_dtype = opts.unet_dtype or ("default" if opts.small else "fp8_e4m3fn")
+    unknown = [p for p in opts.paths.split(",") if p not in PATHS]
+    if unknown:
+        ap.error(f"--paths: unknown {unknown}; choose from {', '.join(PATHS)}")
+    return opts
 
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    t_start = time.perf_counter()
     import torch
 
     cuda = torch.cuda.is_available() and not opts.small
     logging.basicConfig(level=logging.WARNING)
-    nodes, execution = setup_comfy(opts.comfy, cpu=not cuda)
-    import folder_paths
-
+    keep_work = bool(opts.work)
+    opts.work = opts.work or tempfile.mkdtemp(prefix="wan_accel_two_pass_")
+    work = Path(opts.work)
     load_wan_accel()
-    from wan_accel.fixtures import build as fixtures
+    if cuda:  # the fp8 files first (a child process), then the card, then ComfyUI
+        models_dir, manifest = ensure_models(opts, cuda)
+    card = cards.Card(opts.vram_gb).start(cuda)
+    boot = comfy_boot.boot(opts.comfy, cpu=not cuda, dynamic_vram=opts.comfy_dynamic_vram == "on",
+                           card_total_bytes=card.total_bytes)
+    if not cuda:  # the CPU fixtures need ComfyUI's modules for their key names
+        models_dir, manifest = ensure_models(opts, cuda)
+    import bench_nodes
+    import execution
+    import nodes
 
-    work = Path(opts.work or tempfile.mkdtemp(prefix="wan_accel_two_pass_"))
-    t0 = time.perf_counter()
-    manifest = fixtures.build(work / "models", None, dim=opts.dim, layers=opts.layers, rank=4 if opts.small else 64,
-                              device="cuda" if cuda else "cpu")
-    build_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.empty_cache()  # the generated weights are on disk now; ComfyUI loads them from there
-    for folder in ("diffusion_models", "loras", "vae"):
-        folder_paths.add_model_folder_path(folder, str(work / "models" / folder), is_default=True)
-    for sub in ("input", "output", "temp"):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-    folder_paths.set_input_directory(str(work / "input"))
-    folder_paths.set_output_directory(str(work / "output"))
-    folder_paths.set_temp_directory(str(work / "temp"))
-    from PIL import Image
-    import numpy as np
-
-    rng = np.random.default_rng(opts.seed)
-    for i in range(opts.repeats):
-        Image.fromarray(rng.integers(0, 255, (opts.height, opts.width, 3), dtype=np.uint8)).save(
-            work / "input" / start_image_name(i))
-
+    setup_folders(work, models_dir, opts)
     register_nodes(nodes)
     from wan_accel.nodes import telemetry_nodes
     from wan_accel.telemetry.recorder import Recorder
@@ -295,10 +228,6 @@ def main(argv=None) -> int:
     recorder = Recorder(models=telemetry_nodes.loaded_models_snapshot, store=RunStore(lambda: str(work / "output")),
                         save_in_background=False)
     enabled, reason = telemetry_nodes.install_hooks(recorder)
-    executor = make_executor(execution)
-
-    variants = {"stock": WF / "wan22_i2v_14B_4step_ab_stock.api.json",
-                "accel": WF / "wan22_i2v_14B_4step_ab_accel.api.json"}
     runs: list[dict] = []
     frames: dict = {}
     result = {
@@ -307,52 +236,59 @@ def main(argv=None) -> int:
                     "blocks; sampler_s_per_40_blocks = sampler seconds x 40 / layers; e2e_s_at_40_blocks = wall "
                     "with the samplers' seconds scaled so; loads and VRAM unscaled"),
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
-        "torch": torch.__version__, "comfyui": str(Path(opts.comfy).resolve()), "comfyui_version": comfy_version(opts),
-        "fixture_build_s": round(build_s, 1), "fixture": manifest, "telemetry": {"enabled": enabled, "reason": reason},
-        "runs": runs,
+        "torch": torch.__version__, "comfyui": str(Path(opts.comfy).resolve()), "comfy_boot": boot,
+        "card": card.describe(), "models": manifest, "telemetry": {"enabled": enabled, "reason": reason},
+        "runs": runs, "frames": {}, "skipped": [],
     }
-    schedule = []
-    for i in range(opts.repeats):
-        schedule += [(i, v, None) for v in (("stock", "accel") if i % 2 == 0 else ("accel", "stock"))]
-    if opts.sdpa_check:
-        schedule.append((opts.repeats - 1, "accel", "sdpa"))
-    for i, variant, backend in schedule:
-        key = variant if backend is None else f"{variant}_{backend}"
-        prompt, outputs = bench_prompt(variants[variant], opts, key, repeat=i, backend=backend)
+    executor, last_s = None, {}
+    for variant, i in plan(opts.paths.split(","), opts.warm):
+        estimate = last_s.get(i == 0, 0.0)
+        if opts.budget_s and time.perf_counter() - t_start + estimate > opts.budget_s:
+            result["skipped"].append({"variant": variant, "repeat": i, "why": f"time budget ({estimate:.0f} s needed)"})
+            continue
+        if i == 0:
+            executor = None  # its cache holds the last path's models
+            executor = cold_start(execution)
+        workflow, backend = PATHS[variant]
+        prompt, outputs = bench_prompt(WF / f"wan22_i2v_14B_4step_ab_{workflow}.api.json", opts, variant, repeat=i,
+                                       backend=backend or (opts.backend if workflow == "accel" else None))
         if cuda:
             torch.cuda.synchronize()
+        sampler = cards.DeviceMemorySampler(torch) if cuda else None
         start = time.perf_counter()
-        executor.execute(prompt, uuid.uuid4().hex, {}, outputs)
-        if cuda:
-            torch.cuda.synchronize()
+        if sampler:
+            with sampler:
+                executor.execute(prompt, uuid.uuid4().hex, {}, outputs)
+                torch.cuda.synchronize()
+        else:
+            executor.execute(prompt, uuid.uuid4().hex, {}, outputs)
         wall = time.perf_counter() - start
+        last_s[i == 0] = wall
+        run = run_report.describe_run(variant, i, wall, prompt, recorder.last_run or {}, opts.layers, cuda)
+        if sampler:
+            run["device_peak_used_gib"] = sampler.peak_used_gib(card)
         if not executor.success:
-            raise SystemExit(f"{key} failed: {json.dumps(executor.status_messages[-1], default=str)[:3000]}")
-        run = describe_run(key, i, wall, prompt, recorder.last_run or {}, opts.layers, cuda)
+            run["error"] = error_of(executor)
+            bench_nodes.CAPTURED.pop(variant, None)
+        else:
+            frames[(variant, i)] = bench_nodes.CAPTURED.pop(variant)
         runs.append(run)
-        for old in [k for k in frames if k[1] < i]:  # ~1 GB each at full size
-            del frames[old]
-        frames[(key, i)] = CAPTURED.pop(key)
-        print(f"{key} #{i}: {wall:.2f} s (samplers {run['sampler_s']:.2f} s, "
-              f"{run['e2e_s_at_40_blocks']:.2f} s at 40 blocks)", file=sys.stderr)
-        # written after every run: a run cut short by a time limit still leaves its numbers
-        # stock vs accel: attention + VAE numerics; stock vs accel_sdpa: the VAE engine's alone;
-        # accel vs accel_sdpa: the attention backend's alone
-        for name, one, other in (("frames_stock_vs_accel", "stock", "accel"),
-                                 ("frames_stock_vs_accel_sdpa", "stock", "accel_sdpa"),
-                                 ("frames_accel_vs_accel_sdpa", "accel", "accel_sdpa")):
-            if (one, i) in frames and (other, i) in frames:
-                result[name] = compare(frames[(one, i)], frames[(other, i)]) | {"repeat": i}
-        result["summary"] = summarize(runs, opts.repeats)
+        print(f"{variant} #{i}: {wall:.2f} s (samplers {run['sampler_s']:.2f} s)" + (f" FAILED {run['error']}"
+              if run.get("error") else ""), file=sys.stderr)
+        keys = sorted(frames, key=lambda k: (k[0] != "stock", k))  # stock vs each path, then the others pairwise
+        for x, (one, j) in enumerate(keys):
+            for other, k in keys[x + 1:]:
+                if j == k:
+                    result["frames"][f"{one}_vs_{other}_{j}"] = run_report.compare_frames(frames[(one, j)],
+                                                                                         frames[(other, k)])
+        result["summary"] = run_report.summarize(runs, 1 + opts.warm)
         Path(opts.out).write_text(json.dumps(result, indent=1, default=str))
-
-    if not opts.work:  # the fixture models of a full run are gigabytes
+    card.release()
+    if not keep_work:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({k: result.get(k) for k in ("summary", "frames_stock_vs_accel", "frames_stock_vs_accel_sdpa",
-                                                 "frames_accel_vs_accel_sdpa")},
-                     indent=1))
+    print(json.dumps({k: result.get(k) for k in ("summary", "frames", "skipped")}, indent=1, default=str))
     return 0
 
 
