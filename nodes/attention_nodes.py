@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..attention import backends as B
-from ..attention.override import ATTENTION_KINDS, AttentionOverride, Schedule, parse_ranges
+from ..attention import ATTENTION_KINDS, AUTO, COMFY_DEFAULT, AttentionOverride, Schedule, names, parse_ranges
 from ..attention.verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -32,7 +31,7 @@ def _label(model) -> str:
 class WanAccelAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        choices = B.names()
+        choices = names()
         return io.Schema(
             node_id="WanAccelAttention",
             display_name="Wan Accel Attention",
@@ -43,7 +42,7 @@ class WanAccelAttention(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (a clone is patched, not this one)."),
                 io.Combo.Input("backend", options=choices, default="auto", tooltip=BACKEND_TOOLTIP),
-                io.Combo.Input("fallback", options=[n for n in choices if n != B.AUTO], default="sdpa",
+                io.Combo.Input("fallback", options=[n for n in choices if n != AUTO], default="sdpa",
                                tooltip="Used for calls the schedule leaves out, and for any call the backend cannot "
                                        "take (package missing, a mask it would ignore, unsupported head dim or "
                                        "dtype, an error, failed verification). comfy_default = ComfyUI's own "
@@ -92,7 +91,7 @@ def patch_model(model, backend: str, fallback: str = "sdpa", *, verify: bool = T
     patched = model.clone()  # deep-copies model_options: the input's transformer_options stay as they were
     topts = patched.model_options.setdefault("transformer_options", {})
     previous = topts.get(OVERRIDE_KEY)
-    if backend == B.COMFY_DEFAULT and fallback == B.COMFY_DEFAULT:
+    if backend == COMFY_DEFAULT and fallback == COMFY_DEFAULT:
         return patched  # nothing to change
     topts[OVERRIDE_KEY] = AttentionOverride(
         backend, fallback, verify=verify, schedule=Schedule(attention, steps, blocks), previous=previous,
