@@ -6,6 +6,8 @@ is chained: whatever this node hands to ``comfy_default`` goes through it.
 """
 from __future__ import annotations
 
+import inspect
+
 from comfy_api.latest import io
 
 from ..attention import ATTENTION_KINDS, AUTO, COMFY_DEFAULT, AttentionOverride, Schedule, names, parse_ranges
@@ -28,10 +30,24 @@ def _label(model) -> str:
     return f"{type(inner).__name__ if inner is not None else 'model'}@{id(model) & 0xFFFFFF:06x}"
 
 
+def comfyui_checks_combo_options() -> bool:
+    """Whether this ComfyUI's prompt validator checks a V3 combo's value against its options (newer
+    ones do; 0.3.64 checks only V1 list combos). Read from the validator itself; unknown = no."""
+    try:
+        import execution
+
+        return "Combo.io_type" in inspect.getsource(execution.validate_inputs)
+    except Exception:
+        return False
+
+
+COMFYUI_CHECKS_COMBOS = comfyui_checks_combo_options()
+CHOICES = {"backend": names(), "fallback": [n for n in names() if n != AUTO], "attention": list(ATTENTION_KINDS)}
+
+
 class WanAccelAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        choices = names()
         return io.Schema(
             node_id="WanAccelAttention",
             display_name="Wan Accel Attention",
@@ -41,8 +57,8 @@ class WanAccelAttention(io.ComfyNode):
                         "to give them different backends.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (a clone is patched, not this one)."),
-                io.Combo.Input("backend", options=choices, default="auto", tooltip=BACKEND_TOOLTIP),
-                io.Combo.Input("fallback", options=[n for n in choices if n != AUTO], default="sdpa",
+                io.Combo.Input("backend", options=CHOICES["backend"], default="auto", tooltip=BACKEND_TOOLTIP),
+                io.Combo.Input("fallback", options=CHOICES["fallback"], default="sdpa",
                                tooltip="Used for calls the schedule leaves out, and for any call the backend cannot "
                                        "take (package missing, a mask it would ignore, unsupported head dim or "
                                        "dtype, an error, failed verification). comfy_default = ComfyUI's own "
@@ -55,7 +71,7 @@ class WanAccelAttention(io.ComfyNode):
                                tooltip="Verification: the lowest cosine similarity to the float32 reference accepted."),
                 io.Float.Input("max_rel_error", default=DEFAULT_MAX_REL_ERROR, min=0.0, max=10.0, step=0.001,
                                tooltip="Verification: the largest relative L2 error to the float32 reference accepted."),
-                io.Combo.Input("attention", options=list(ATTENTION_KINDS), default="all",
+                io.Combo.Input("attention", options=CHOICES["attention"], default="all",
                                tooltip="Which attention calls use the backend: all, self (video tokens to "
                                        "themselves) or cross (to the text/image context). The rest use the fallback."),
                 io.String.Input("steps", default="",
@@ -68,20 +84,46 @@ class WanAccelAttention(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="A clone of the model that uses the chosen attention.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, steps: str = "", blocks: str = "", **kwargs) -> bool | str:
-        try:
-            parse_ranges(steps)
-            parse_ranges(blocks)
-        except ValueError as exc:
-            return str(exc)
-        return True
+    # Named arguments only: with **kwargs ComfyUI skips its own range and combo checks for every
+    # input, and it pins a custom error on each input validate_inputs names. Where ComfyUI does not
+    # check a V3 combo's value against its options (0.3.64), the combos are checked here too.
+    if COMFYUI_CHECKS_COMBOS:
+        @classmethod
+        def validate_inputs(cls, steps: str = "", blocks: str = "") -> bool | str:
+            return range_errors(steps=steps, blocks=blocks) or True
+    else:
+        @classmethod
+        def validate_inputs(cls, backend: str = AUTO, fallback: str = "sdpa", attention: str = "all",
+                            steps: str = "", blocks: str = "") -> bool | str:
+            return "; ".join(filter(None, (choice_errors(backend=backend, fallback=fallback, attention=attention),
+                                           range_errors(steps=steps, blocks=blocks)))) or True
 
     @classmethod
     def execute(cls, model, backend: str, fallback: str, verify: bool, min_cosine: float, max_rel_error: float,
                 attention: str, steps: str, blocks: str) -> io.NodeOutput:
         return io.NodeOutput(patch_model(model, backend, fallback, verify=verify, attention=attention, steps=steps,
                                          blocks=blocks, min_cosine=min_cosine, max_rel_error=max_rel_error))
+
+
+def choice_errors(**values: str | None) -> str:
+    """'' when each combo value is one of its options, else one line per bad one, naming the input."""
+    errors = []
+    for name, value in values.items():
+        options = CHOICES[name]
+        if value is not None and value not in options:  # None: linked, checked when it arrives
+            errors.append(f"{name}: {value!r} is not one of {', '.join(options)}")
+    return "; ".join(errors)
+
+
+def range_errors(**specs: str | None) -> str:
+    """'' when every range string parses, else one line per bad one, named (ComfyUI shows it on both)."""
+    errors = []
+    for name, spec in specs.items():
+        try:
+            parse_ranges(spec)
+        except ValueError as exc:
+            errors.append(f"{name}: {exc}")
+    return "; ".join(errors)
 
 
 def patch_model(model, backend: str, fallback: str = "sdpa", *, verify: bool = True, attention: str = "all",
