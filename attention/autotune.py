@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from ..telemetry.phases import note
 from . import backends
 from .contract import AttnCall
 from .verify import compare, reference_rows
@@ -57,12 +56,15 @@ class AutoTuner:
             names = [n for n in names if n != "sdpa_math"]  # it would materialise the whole score matrix
         return names
 
+    @staticmethod
+    def key(call: AttnCall, min_cosine: float, max_rel_error: float) -> tuple:
+        """What a choice is valid for: the call's key and the verification thresholds."""
+        return call.key() + (min_cosine, max_rel_error)
+
     def choose(self, call: AttnCall, min_cosine: float, max_rel_error: float, label: str = "") -> str:
-        key = call.key() + (min_cosine, max_rel_error)
+        key = self.key(call, min_cosine, max_rel_error)
         hit = self.choices.get(key)
-        if hit is not None:
-            # another model (the other Wan 2.2 expert) reuses the choice: tell telemetry for this one too
-            note("attention_backend", model=label, shape=call.shape_str(), backend=hit, reason="auto (cached)")
+        if hit is not None:  # another model (the other Wan 2.2 expert) or a later run reuses the choice
             return hit
         t_start = time.perf_counter()
         table: dict[str, Any] = {}
@@ -102,8 +104,6 @@ class AutoTuner:
         timed = ", ".join(f"{n} {v['ms']:.2f} ms" for n, v in table.items() if isinstance(v, dict))
         log.info("wan_accel attention auto%s: %s -> %s (%s; tuning took %.2f s)", f" [{label}]" if label else "",
                  call.shape_str(), choice, timed or "nothing usable", self.tune_seconds[key])
-        note("attention_backend", model=label, shape=call.shape_str(), backend=choice, reason="auto",
-             timings={n: v["ms"] for n, v in table.items() if isinstance(v, dict)})
         return choice
 
 

@@ -39,7 +39,7 @@ class AttentionOverride:
     def __init__(self, backend: str = "sdpa", fallback: str = "sdpa", *, verify: bool = True,
                  schedule: Schedule | None = None, previous: Callable | None = None,
                  min_cosine: float = DEFAULT_MIN_COSINE, max_rel_error: float = DEFAULT_MAX_REL_ERROR,
-                 label: str = "", tuner: AutoTuner | None = None):
+                 label: str = "", tuner: AutoTuner | None = None, node_id: str | None = None):
         self.backend = _check_name(backend)
         self.fallback = _check_name(fallback)
         self.verify = bool(verify)
@@ -48,6 +48,7 @@ class AttentionOverride:
         self.min_cosine = float(min_cosine)
         self.max_rel_error = float(max_rel_error)
         self.label = label
+        self.node_id = node_id  # the WanAccelAttention node that made this override, for telemetry
         self.tuner = tuner or TUNER
         self.verified: dict[tuple, bool] = {}  # (backend, call key) -> passed?
         self._logged: set = set()
@@ -62,6 +63,11 @@ class AttentionOverride:
     def __repr__(self) -> str:
         return (f"AttentionOverride(backend={self.backend!r}, fallback={self.fallback!r}, verify={self.verify}, "
                 f"schedule={self.schedule!r}, chained={self.previous is not None})")
+
+    def new_run(self) -> None:
+        """A sampler starts: forget which backend serves each shape (verifications and ``auto``'s choices
+        stay), so each shape is reported to telemetry again, on the node that runs it this time."""
+        self._plan.clear()
 
     def _once(self, level: int, key: tuple, msg: str, *args) -> bool:
         if key in self._logged:
@@ -105,35 +111,52 @@ class AttentionOverride:
                            "using the fallback for this shape", planned, call.shape_str(), type(exc).__name__, exc)
         order = [primary] + [n for n in (self.fallback, backends.COMFY_DEFAULT) if n != primary]
         reasons: list[str] = []
+        auto: dict = {}
         for name in order:
             if name == backends.AUTO:
-                name = self.tuner.choose(call, self.min_cosine, self.max_rel_error, self.label)
+                name, auto = self._auto(call)
                 if name != backends.COMFY_DEFAULT:
                     self.verified.setdefault((name, key), True)  # auto verified it while timing
             if name == backends.COMFY_DEFAULT:
                 out = default()
-                self._used(backends.COMFY_DEFAULT, primary, call, reasons)
+                self._used(backends.COMFY_DEFAULT, primary, call, reasons, auto)
                 return out
             out = self._try(name, call, reasons)
             if out is not None:
-                self._used(name, primary, call, reasons)
+                self._used(name, primary, call, reasons, auto)
                 return call.finish(out)
         raise AssertionError("unreachable: comfy_default always runs")
+
+    def _auto(self, call: AttnCall) -> tuple[str, dict]:
+        """``auto``'s choice for the call, and what telemetry says of it (tuned now or reused, timings)."""
+        key = self.tuner.key(call, self.min_cosine, self.max_rel_error)
+        reused = key in self.tuner.choices
+        name = self.tuner.choose(call, self.min_cosine, self.max_rel_error, self.label)
+        timings = {n: v["ms"] for n, v in self.tuner.results.get(key, {}).items() if isinstance(v, dict)}
+        return name, {"reason": "auto (cached)" if reused else "auto", "timings": timings}
 
     def _count(self, name: str) -> None:
         self.last_used = name
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def _used(self, name: str, primary: str, call: AttnCall, reasons: list) -> None:
+    def _used(self, name: str, primary: str, call: AttnCall, reasons: list, auto: dict) -> None:
+        """Count the call, remember who serves this shape, and tell telemetry (once per shape and run:
+        later calls take the remembered plan)."""
         self._count(name)
         self._plan[(primary, call.key())] = name
-        if reasons and self._once(logging.INFO, ("fallback", name, call.key()), "wan_accel attention%s: %s -> %s",
-                                  f" [{self.label}]" if self.label else "", "; ".join(reasons), name):
-            note("attention_backend", model=self.label, shape=call.shape_str(), backend=name,
-                 reason="fallback: " + "; ".join(reasons))
-        elif not reasons and primary != backends.AUTO:  # auto's choice is reported by the tuner
-            # once per shape (later calls take the cached plan), so telemetry shows what each model ran
-            note("attention_backend", model=self.label, shape=call.shape_str(), backend=name, reason="as set")
+        if reasons:
+            self._once(logging.INFO, ("fallback", name, call.key()), "wan_accel attention%s: %s -> %s",
+                       f" [{self.label}]" if self.label else "", "; ".join(reasons), name)
+            self._report(call, name, primary, True, "fallback: " + "; ".join(reasons))
+        elif primary == backends.AUTO:  # auto's own choice is not a fallback
+            self._report(call, name, primary, False, auto["reason"], timings=auto["timings"])
+        else:
+            self._report(call, name, primary, False,
+                         "as set" if primary == self.backend else "scheduled: the node's fallback for these calls")
+
+    def _report(self, call: AttnCall, backend: str, requested: str, fallback: bool, reason: str, **extra) -> None:
+        note("attention_backend", model=self.label, shape=call.shape_str(), backend=backend, requested=requested,
+             fallback=fallback, reason=reason, node_id=self.node_id, **extra)
 
     def _try(self, name: str, call: AttnCall, reasons: list):
         b = backends.get(name)

@@ -7,13 +7,17 @@ is chained: whatever this node hands to ``comfy_default`` goes through it.
 from __future__ import annotations
 
 import inspect
+import logging
 
 from comfy_api.latest import io
 
 from ..attention import ATTENTION_KINDS, AUTO, COMFY_DEFAULT, AttentionOverride, Schedule, names, parse_ranges
+from ..attention.backends import statuses
 from ..attention.verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE
 
 OVERRIDE_KEY = "optimized_attention_override"
+RUN_HOOK_KEY = "wan_accel_attention"
+log = logging.getLogger("wan_accel.attention")
 
 BACKEND_TOOLTIP = (
     "Attention kernel for this model. sdpa: PyTorch picks; sdpa_cudnn/sdpa_flash/sdpa_efficient/sdpa_math: "
@@ -22,7 +26,24 @@ BACKEND_TOOLTIP = (
     "flash_attn_4: flash-attn-4 (CuTe); xformers; kitchen_int8: comfy-kitchen INT8 attention; cudnn_fp8: FP8 "
     "attention through the cuDNN frontend (Hopper/Blackwell); auto: time every available backend on the first "
     "call of each shape and keep the fastest that passes verification; comfy_default: leave ComfyUI's choice. "
-    "A backend that is not installed or cannot take a call hands it to the fallback (logged once per reason).")
+    "A backend that is not installed or cannot take a call hands it to the fallback (logged once per reason; the "
+    "sampler's telemetry badge shows what ran).")
+
+
+def status_tooltip() -> str:
+    """Each backend's state on this machine, as probed when the node list is built."""
+    return "Here: " + "; ".join(f"{name} {state}" for name, state in statuses().items()) + "."
+
+
+def setup() -> None:
+    """At start-up (once per load), say which backends this machine can run."""
+    usable, others = [], []
+    for name, state in statuses().items():
+        if state == "ready":
+            usable.append(name)
+        else:
+            others.append(f"{name} {state}")
+    log.info("wan_accel attention: usable here: %s; the others: %s", ", ".join(usable), "; ".join(others))
 
 
 def _label(model) -> str:
@@ -57,12 +78,13 @@ class WanAccelAttention(io.ComfyNode):
                         "to give them different backends.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (a clone is patched, not this one)."),
-                io.Combo.Input("backend", options=CHOICES["backend"], default="auto", tooltip=BACKEND_TOOLTIP),
+                io.Combo.Input("backend", options=CHOICES["backend"], default="auto",
+                               tooltip=BACKEND_TOOLTIP + " " + status_tooltip()),
                 io.Combo.Input("fallback", options=CHOICES["fallback"], default="sdpa",
                                tooltip="Used for calls the schedule leaves out, and for any call the backend cannot "
                                        "take (package missing, a mask it would ignore, unsupported head dim or "
                                        "dtype, an error, failed verification). comfy_default = ComfyUI's own "
-                                       "attention (or an override that was already on the model)."),
+                                       "attention (or an override that was already on the model). " + status_tooltip()),
                 io.Boolean.Input("verify", default=True,
                                  tooltip="Compare the first call of each shape against float32 SDPA (on up to 1024 "
                                          "query rows); on a failed check or non-finite output use the fallback for "
@@ -82,6 +104,7 @@ class WanAccelAttention(io.ComfyNode):
                                         "'0-29' or '0, 39'. Empty = all. Other blocks use the fallback."),
             ],
             outputs=[io.Model.Output(tooltip="A clone of the model that uses the chosen attention.")],
+            hidden=[io.Hidden.unique_id],  # telemetry ties what ran back to this node
         )
 
     # Named arguments only: with **kwargs ComfyUI skips its own range and combo checks for every
@@ -101,8 +124,10 @@ class WanAccelAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, backend: str, fallback: str, verify: bool, min_cosine: float, max_rel_error: float,
                 attention: str, steps: str, blocks: str) -> io.NodeOutput:
+        node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)  # None when called outside a prompt
         return io.NodeOutput(patch_model(model, backend, fallback, verify=verify, attention=attention, steps=steps,
-                                         blocks=blocks, min_cosine=min_cosine, max_rel_error=max_rel_error))
+                                         blocks=blocks, min_cosine=min_cosine, max_rel_error=max_rel_error,
+                                         node_id=node_id))
 
 
 def choice_errors(**values: str | None) -> str:
@@ -128,17 +153,34 @@ def range_errors(**specs: str | None) -> str:
 
 def patch_model(model, backend: str, fallback: str = "sdpa", *, verify: bool = True, attention: str = "all",
                 steps: str = "", blocks: str = "", min_cosine: float = DEFAULT_MIN_COSINE,
-                max_rel_error: float = DEFAULT_MAX_REL_ERROR):
+                max_rel_error: float = DEFAULT_MAX_REL_ERROR, node_id: str | None = None):
     """Clone ``model`` (a ModelPatcher) and put an :class:`AttentionOverride` on the clone."""
     patched = model.clone()  # deep-copies model_options: the input's transformer_options stay as they were
     topts = patched.model_options.setdefault("transformer_options", {})
     previous = topts.get(OVERRIDE_KEY)
     if backend == COMFY_DEFAULT and fallback == COMFY_DEFAULT:
         return patched  # nothing to change
-    topts[OVERRIDE_KEY] = AttentionOverride(
+    override = topts[OVERRIDE_KEY] = AttentionOverride(
         backend, fallback, verify=verify, schedule=Schedule(attention, steps, blocks), previous=previous,
-        min_cosine=min_cosine, max_rel_error=max_rel_error, label=_label(patched))
+        min_cosine=min_cosine, max_rel_error=max_rel_error, label=_label(patched), node_id=node_id)
+    add_run_hook(patched, override)
     return patched
+
+
+def add_run_hook(patched, override: AttentionOverride) -> None:
+    """Tell the override when a sampler starts (ComfyUI runs OUTER_SAMPLE wrappers once per sampling
+    run), so the backends it serves are reported on each sampler node, not only the first one."""
+    import comfy.patcher_extension as patcher_extension
+
+    wrappers = getattr(patcher_extension, "WrappersMP", None)
+    if wrappers is None or not hasattr(patched, "add_wrapper_with_key"):
+        return
+
+    def new_run(executor, *args, **kwargs):
+        override.new_run()
+        return executor(*args, **kwargs)
+
+    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, RUN_HOOK_KEY, new_run)
 
 
 NODES: list = [WanAccelAttention]

@@ -18,29 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfy_support import REPO, comfy_server, load_our_nodes
-
-
-class ModelSource:
-    """A MODEL producer with nothing to validate (the graph's loader, without files)."""
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "make"
-    CATEGORY = "wan_accel_test"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-
-class ModelSink:
-    """An output node taking the patched MODEL, so the prompt has an output to validate."""
-    RETURN_TYPES = ()
-    FUNCTION = "take"
-    OUTPUT_NODE = True
-    CATEGORY = "wan_accel_test"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",)}}
+from test_attention_comfy import graph_node
 
 
 GOOD = {"backend": "auto", "fallback": "sdpa", "verify": True, "min_cosine": 0.999, "max_rel_error": 0.05,
@@ -57,8 +35,8 @@ def prompt_with(source: str = "WanAccelTestModelSource", sink: str = "WanAccelTe
 @pytest.fixture(scope="module")
 def validate(comfyui):
     mappings = load_our_nodes()
-    mappings["WanAccelTestModelSource"] = ModelSource
-    mappings["WanAccelTestModelSink"] = ModelSink
+    mappings["WanAccelTestModelSource"] = graph_node("WanAccelTestModelSource", ("MODEL",))
+    mappings["WanAccelTestModelSink"] = graph_node("WanAccelTestModelSink", takes={"model": ("MODEL",)})
     import execution
 
     def run(prompt: dict) -> tuple[bool, dict]:

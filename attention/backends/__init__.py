@@ -5,10 +5,10 @@ one module that calls ``register(Backend(...))`` at import, plus one import line
 docs/attention.md, *Adding a backend*).
 """
 from .registry import (ALL_FLOAT, AUTO, COMFY_DEFAULT, HALF, REGISTRY, Backend, available, get, load, names,
-                       need_cuda, on_reset, probe_for, register, reset_probes)
+                       need_cuda, on_reset, probe_for, register, reset_probes, statuses)
 
 # each import registers that family's backends; the order is the order of the node's list
 from . import sdpa, sub_quad, sage, flash, xformers, kitchen, cudnn_fp8  # noqa: E402,F401  isort: skip
 
 __all__ = ["ALL_FLOAT", "AUTO", "COMFY_DEFAULT", "HALF", "REGISTRY", "Backend", "available", "get", "load", "names",
-           "need_cuda", "on_reset", "probe_for", "register", "reset_probes"]
+           "need_cuda", "on_reset", "probe_for", "register", "reset_probes", "statuses"]

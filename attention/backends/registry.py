@@ -41,7 +41,8 @@ class Backend:
     low_precision: bool = False  # quantises q/k/v or P: refuses attn_precision=float32 calls
     extra_check: Callable[[AttnCall], str | None] | None = None
     package: str = ""  # what to install, for messages
-    probe_result: list = field(default_factory=list, repr=False)  # [] until probed, then [None or reason]
+    # [] until probed, then [reason or None, package missing?, the probe's own message]
+    probe_result: list = field(default_factory=list, repr=False)
 
     # -- availability ------------------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -49,12 +50,28 @@ class Backend:
         if not self.probe_result:
             try:
                 self.probe()
-                self.probe_result.append(None)
+                self.probe_result.extend((None, False, ""))
             except Exception as exc:  # ImportError, missing symbol, no GPU...
                 what = f"{type(exc).__name__}: {exc}"
-                hint = f" (install {self.package})" if self.package and isinstance(exc, ImportError) else ""
-                self.probe_result.append(f"{self.name} unavailable: {what}{hint}")
+                missing = isinstance(exc, ImportError)
+                hint = f" (install {self.package})" if self.package and missing else ""
+                self.probe_result.extend((f"{self.name} unavailable: {what}{hint}", missing, str(exc)))
         return self.probe_result[0]
+
+    def status(self) -> str:
+        """Short words for the node's list: ``ready``, ``not installed (...)`` or ``not usable here (...)``."""
+        if self.unavailable_reason() is not None:
+            _reason, missing, message = self.probe_result
+            if missing:
+                return f"not installed (pip install {self.package})" if self.package else f"not installed ({message})"
+            return f"not usable here ({message})"
+        if "cpu" not in self.devices and torch.cuda.is_available():
+            cap = torch.cuda.get_device_capability()
+            if self.min_capability and cap < self.min_capability:
+                return f"not usable here (needs compute capability {self.min_capability}+, this GPU is {cap})"
+            if self.max_capability and cap > self.max_capability:
+                return f"not usable here (supports compute capability up to {self.max_capability}, this GPU is {cap})"
+        return "ready"
 
     @property
     def available(self) -> bool:
@@ -121,6 +138,11 @@ def available(names_: Iterable[str] | None = None) -> list[str]:
     return [n for n in (names_ or REGISTRY) if REGISTRY[n].available]
 
 
+def statuses() -> dict[str, str]:
+    """Every registered backend's :meth:`Backend.status` (probes each once; cached)."""
+    return {name: b.status() for name, b in REGISTRY.items()}
+
+
 def reset_probes() -> None:
     """Forget cached availability and every family's caches (after installing a package, or in tests)."""
     for b in REGISTRY.values():
@@ -144,8 +166,8 @@ def probe_for(module: str, *attrs: str, cuda: bool = True) -> Callable[[], None]
     def probe() -> None:
         mod = load(module)
         for attr in attrs:
-            if not hasattr(mod, attr):
-                raise ImportError(f"{module} has no {attr}")
+            if not hasattr(mod, attr):  # installed, but not a version that has it
+                raise RuntimeError(f"the installed {module} has no {attr}")
         if cuda:
             need_cuda()
 
