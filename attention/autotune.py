@@ -37,8 +37,8 @@ class AutoTuner:
         self.results.clear()
         self.tune_seconds.clear()
 
-    @staticmethod
-    def _time_one(b, call: AttnCall) -> float:
+    def time_ms(self, b, call: AttnCall) -> float:
+        """Milliseconds of one call of backend ``b`` (the device synchronised around it)."""
         _sync(call.device)
         t0 = time.perf_counter()
         b.run(call)
@@ -87,9 +87,9 @@ class AutoTuner:
                     continue
                 # one timed call first; only a contender (within 30 % of the best so far) gets the rest:
                 # at the Wan 14B shape each slow candidate's extra calls cost seconds of the first step
-                times = [self._time_one(b, call)]
+                times = [self.time_ms(b, call)]
                 if times[0] < 1.3 * best_ms:
-                    times += [self._time_one(b, call) for _ in range(self.reps - 1)]
+                    times += [self.time_ms(b, call) for _ in range(self.reps - 1)]
                 ms = sum(times) / len(times)
             except Exception as exc:
                 table[name] = f"error: {type(exc).__name__}: {str(exc)[:200]}"

@@ -9,7 +9,6 @@ import copy
 import logging
 import math
 import sys
-import time
 import types
 
 import pytest
@@ -521,11 +520,11 @@ def test_bad_names_and_kinds_are_refused():
 # ---------------------------------------------------------------------------------------------
 # auto
 # ---------------------------------------------------------------------------------------------
-def _slow(run, seconds):
-    def slowed(c):
-        time.sleep(seconds)
-        return run(c)
-    return slowed
+def fixed_clock(ms_by_backend: dict):
+    """A timer for AutoTuner.time_ms that reports fixed milliseconds per backend: no wall time in tests."""
+    def time_ms(b, call):
+        return ms_by_backend[b.name]
+    return time_ms
 
 
 @pytest.mark.parametrize("slow", ["sdpa", "sub_quad"])
@@ -539,11 +538,12 @@ def test_auto_picks_the_fastest_and_caches_it(monkeypatch, slow):
             runs[_name] += 1
             return _orig(c)
 
-        monkeypatch.setattr(backends.get(name), "run", _slow(counted, 0.03) if name == slow else counted)
+        monkeypatch.setattr(backends.get(name), "run", counted)
     events = []
     phases.add_listener(events.append)
     try:
         tuner = AutoTuner(reps=2, candidates=("sdpa", "sub_quad"))
+        monkeypatch.setattr(tuner, "time_ms", fixed_clock({slow: 30.0, fast: 1.0}))
         ov = AttentionOverride("auto", fallback="sdpa", verify=True, tuner=tuner, label="m1")
         q, k, v = make_qkv(1, 2, 50, 50, 16)
         out = call(ov, q, k, v, 2)
@@ -552,12 +552,12 @@ def test_auto_picks_the_fastest_and_caches_it(monkeypatch, slow):
         after_tune = dict(runs)
         for _ in range(3):
             call(ov, q, k, v, 2)
-        # cached: no more timing runs, only the chosen backend's three calls
+        # cached: no more tuning runs, only the chosen backend's three calls
         assert runs[slow] == after_tune[slow]
         assert runs[fast] == after_tune[fast] + 3
         assert list(tuner.choices.values()) == [fast]
         table = next(iter(tuner.results.values()))
-        assert table[slow]["ms"] > table[fast]["ms"]
+        assert (table[slow]["ms"], table[fast]["ms"]) == (30.0, 1.0)
         picks = [e for e in events if e.get("name") == "attention_backend"]
         assert len(picks) == 1 and picks[0]["backend"] == fast and picks[0]["model"] == "m1"
         # a new shape tunes again
@@ -573,8 +573,8 @@ def test_auto_skips_a_fast_backend_that_fails_verification(fakes, monkeypatch):
         return torch.zeros_like(q)
 
     monkeypatch.setattr(sys.modules["sageattention"], "sageattn", wrong)
-    monkeypatch.setattr(backends.get("sub_quad"), "run", _slow(backends.get("sub_quad").run, 0.02))
     tuner = AutoTuner(reps=1, candidates=("sage", "sub_quad"))
+    monkeypatch.setattr(tuner, "time_ms", fixed_clock({"sage": 0.1, "sub_quad": 20.0}))
     ov = AttentionOverride("auto", fallback="sdpa", tuner=tuner)
     q, k, v = make_qkv(1, 2, 30, 30, 64, dtype=torch.bfloat16)
     call(ov, q, k, v, 2)
