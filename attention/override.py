@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import torch
+
 from ..telemetry.phases import note
 from . import backends
 from .autotune import TUNER, AutoTuner
@@ -19,6 +21,8 @@ from .schedule import Schedule
 from .verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE, compare, reference_rows
 
 log = logging.getLogger("wan_accel.attention")
+# memory may be free again at the next call: an OOM costs that call only, never the backend
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _check_name(name: str) -> str:
@@ -55,6 +59,7 @@ class AttentionOverride:
         self.last_used: str | None = None  # the backend that produced the last output (tests, telemetry)
         self.counts: dict[str, int] = {}
         self._plan: dict[tuple, str] = {}  # (scheduled backend, call key) -> backend that serves it
+        self._reported: set = set()  # (call key, requested, backend, fallback) told to telemetry this run
 
     # ModelPatcher.clone() deep-copies model_options: share this object (and its caches) instead
     def __deepcopy__(self, memo):
@@ -68,6 +73,7 @@ class AttentionOverride:
         """A sampler starts: forget which backend serves each shape (verifications and ``auto``'s choices
         stay), so each shape is reported to telemetry again, on the node that runs it this time."""
         self._plan.clear()
+        self._reported.clear()
 
     def _once(self, level: int, key: tuple, msg: str, *args) -> bool:
         if key in self._logged:
@@ -96,6 +102,7 @@ class AttentionOverride:
     def dispatch(self, call: AttnCall, primary: str, default: Callable[[], Any]):
         key = call.key()
         planned = self._plan.get((primary, key))
+        skip = None
         if planned is not None:  # steady state: the decision for this shape is made
             if planned == backends.COMFY_DEFAULT:
                 self._count(planned)
@@ -104,28 +111,46 @@ class AttentionOverride:
                 out = backends.REGISTRY[planned].run(call)
                 self._count(planned)
                 return call.finish(out)
+            except OUT_OF_MEMORY:
+                skip = planned  # handled below, once the exception (and what it holds) is released
             except Exception as exc:
                 self.verified[(planned, key)] = False
                 del self._plan[(primary, key)]
                 self._once(logging.WARNING, ("error", planned, key), "wan_accel attention: %s raised at %s (%s: %s): "
                            "using the fallback for this shape", planned, call.shape_str(), type(exc).__name__, exc)
-        order = [primary] + [n for n in (self.fallback, backends.COMFY_DEFAULT) if n != primary]
         reasons: list[str] = []
+        if skip is not None:
+            reasons.append(self._out_of_memory(skip, call))
+        return self._resolve(call, primary, default, reasons, skip)
+
+    def _resolve(self, call: AttnCall, primary: str, default: Callable[[], Any], reasons: list, skip: str | None):
+        """Walk primary -> fallback -> ComfyUI's function; the first that takes the call serves it, and
+        serves this shape from now on unless an out-of-memory error made this a one-call detour."""
+        remember = skip is None
+        order = [primary] + [n for n in (self.fallback, backends.COMFY_DEFAULT) if n != primary]
         auto: dict = {}
         for name in order:
             if name == backends.AUTO:
                 name, auto = self._auto(call)
                 if name != backends.COMFY_DEFAULT:
-                    self.verified.setdefault((name, key), True)  # auto verified it while timing
+                    self.verified.setdefault((name, call.key()), True)  # auto verified it while timing
+            if name == skip:
+                continue
             if name == backends.COMFY_DEFAULT:
                 out = default()
-                self._used(backends.COMFY_DEFAULT, primary, call, reasons, auto)
+                self._used(backends.COMFY_DEFAULT, primary, call, reasons, auto, remember)
                 return out
-            out = self._try(name, call, reasons)
+            out, out_of_memory = self._try(name, call, reasons)
+            remember = remember and not out_of_memory
             if out is not None:
-                self._used(name, primary, call, reasons, auto)
+                self._used(name, primary, call, reasons, auto, remember)
                 return call.finish(out)
         raise AssertionError("unreachable: comfy_default always runs")
+
+    def _out_of_memory(self, name: str, call: AttnCall) -> str:
+        self._once(logging.WARNING, ("oom", name, call.key()), "wan_accel attention: %s ran out of memory at %s: the "
+                   "fallback serves that call, %s stays the choice for the next ones", name, call.shape_str(), name)
+        return f"{name} ran out of memory (this call only)"
 
     def _auto(self, call: AttnCall) -> tuple[str, dict]:
         """``auto``'s choice for the call, and what telemetry says of it (tuned now or reused, timings)."""
@@ -139,11 +164,12 @@ class AttentionOverride:
         self.last_used = name
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def _used(self, name: str, primary: str, call: AttnCall, reasons: list, auto: dict) -> None:
-        """Count the call, remember who serves this shape, and tell telemetry (once per shape and run:
-        later calls take the remembered plan)."""
+    def _used(self, name: str, primary: str, call: AttnCall, reasons: list, auto: dict, remember: bool) -> None:
+        """Count the call, remember who serves this shape, and tell telemetry (once per shape, outcome
+        and run)."""
         self._count(name)
-        self._plan[(primary, call.key())] = name
+        if remember:
+            self._plan[(primary, call.key())] = name
         if reasons:
             self._once(logging.INFO, ("fallback", name, call.key()), "wan_accel attention%s: %s -> %s",
                        f" [{self.label}]" if self.label else "", "; ".join(reasons), name)
@@ -155,39 +181,49 @@ class AttentionOverride:
                          "as set" if primary == self.backend else "scheduled: the node's fallback for these calls")
 
     def _report(self, call: AttnCall, backend: str, requested: str, fallback: bool, reason: str, **extra) -> None:
+        outcome = (call.key(), requested, backend, fallback)
+        if outcome in self._reported:
+            return
+        self._reported.add(outcome)
         note("attention_backend", model=self.label, shape=call.shape_str(), backend=backend, requested=requested,
              fallback=fallback, reason=reason, node_id=self.node_id, **extra)
 
-    def _try(self, name: str, call: AttnCall, reasons: list):
+    def _try(self, name: str, call: AttnCall, reasons: list) -> tuple[Any, bool]:
+        """(``name``'s output or None, whether it ran out of memory); a refusal's reason goes to ``reasons``."""
         b = backends.get(name)
         reason = b.reason_not_to_run(call)
         if reason:
             self._once(logging.WARNING if "unavailable" in reason else logging.INFO, ("reason", reason),
                        "wan_accel attention: %s; handing such calls to the fallback", reason)
             reasons.append(reason)
-            return None
+            return None, False
         vkey = (name, call.key())
         state = self.verified.get(vkey)
         if state is False:
             reasons.append(f"{name} failed verification for {call.shape_str()}")
-            return None
+            return None, False
+        out_of_memory = False
         try:
             out = b.run(call)
             if self.verify and state is None:
                 verdict = compare(out, *reference_rows(call), min_cosine=self.min_cosine,
-                                    max_rel_error=self.max_rel_error)
+                                  max_rel_error=self.max_rel_error)
                 self.verified[vkey] = verdict.ok
                 if not verdict.ok:
                     self._once(logging.WARNING, ("verify", vkey), "wan_accel attention: %s failed verification at %s "
                                "(%s; thresholds cosine >= %s, relative error <= %s): using the fallback for this shape",
                                name, call.shape_str(), verdict.describe(), self.min_cosine, self.max_rel_error)
                     reasons.append(f"{name} failed verification ({verdict.describe()})")
-                    return None
+                    return None, False
                 log.debug("wan_accel attention: %s verified at %s: %s", name, call.shape_str(), verdict.describe())
-            return out
+            return out, False
+        except OUT_OF_MEMORY:
+            out_of_memory = True  # not a verdict on the backend; handled once the exception is released
         except Exception as exc:
             self.verified[vkey] = False
             self._once(logging.WARNING, ("error", vkey), "wan_accel attention: %s raised at %s (%s: %s): "
                        "using the fallback for this shape", name, call.shape_str(), type(exc).__name__, exc)
             reasons.append(f"{name} raised {type(exc).__name__}")
-            return None
+            return None, False
+        reasons.append(self._out_of_memory(name, call))
+        return None, out_of_memory

@@ -129,3 +129,72 @@ def test_backend_states_for_the_node_list(monkeypatch):
         "not usable here (needs compute capability")
     states = backends.statuses()
     assert list(states) == backends.names(include_meta=False) and states["sdpa"] == "ready"
+
+
+# ---------------------------------------------------------------------------------------------
+# out of memory: a fallback for that call only
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def flaky_kernel(monkeypatch):
+    """A registered low-precision-free backend (exact) whose calls can be made to raise."""
+    plan = {"raise": [], "calls": 0}
+
+    def run(call):
+        plan["calls"] += 1
+        if plan["raise"]:
+            raise plan["raise"].pop(0)
+        return torch.nn.functional.scaled_dot_product_attention(call.q, call.k, call.v)
+
+    monkeypatch.setitem(registry.REGISTRY, "flaky", registry.Backend("flaky", "test kernel", run))
+    return plan
+
+
+def oom():
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.20 GiB")
+
+
+@pytest.mark.parametrize("when", ["first call", "later call"])
+def test_out_of_memory_falls_back_for_that_call_only(flaky_kernel, notes, caplog, when):
+    ov = AttentionOverride("flaky", fallback="sub_quad", verify=True, label="m", node_id="9")
+    q, k, v = qkv()
+    if when == "later call":
+        attend(ov, q, k, v)
+    flaky_kernel["raise"].append(oom())
+    with caplog.at_level(logging.WARNING, logger="wan_accel.attention"):
+        out = attend(ov, q, k, v)
+    assert ov.last_used == "sub_quad"
+    torch.testing.assert_close(out, attend(AttentionOverride("sdpa", verify=False), q, k, v), atol=1e-5, rtol=1e-5)
+    for _ in range(3):  # memory is free again: the backend serves the shape as before
+        attend(ov, q, k, v)
+        assert ov.last_used == "flaky"
+    assert ov.verified[("flaky", next(iter(ov.verified))[1])] is True
+    assert ov.counts == {"flaky": 4 if when == "later call" else 3, "sub_quad": 1}
+    assert sum("ran out of memory" in r.getMessage() for r in caplog.records) == 1
+    mine = [n for n in notes() if n["model"] == "m"]
+    detour = [n for n in mine if n["fallback"]]
+    assert len(detour) == 1 and detour[0]["backend"] == "sub_quad" and detour[0]["requested"] == "flaky"
+    assert detour[0]["reason"] == "fallback: flaky ran out of memory (this call only)"
+    assert [n["backend"] for n in mine if not n["fallback"]] == ["flaky"]  # reported once, not per call
+
+
+def test_out_of_memory_of_autos_choice_keeps_the_choice(flaky_kernel):
+    tuner = AutoTuner(reps=1, candidates=("flaky",))
+    ov = AttentionOverride("auto", fallback="sub_quad", tuner=tuner)
+    q, k, v = qkv()
+    attend(ov, q, k, v)
+    flaky_kernel["raise"].append(oom())
+    attend(ov, q, k, v)
+    assert ov.last_used == "sub_quad"
+    attend(ov, q, k, v)
+    assert ov.last_used == "flaky" and list(tuner.choices.values()) == ["flaky"]
+
+
+def test_any_other_error_still_disables_the_backend_for_the_shape(flaky_kernel):
+    ov = AttentionOverride("flaky", fallback="sub_quad", verify=False)
+    q, k, v = qkv()
+    attend(ov, q, k, v)
+    flaky_kernel["raise"].append(RuntimeError("illegal memory access"))
+    for _ in range(3):
+        attend(ov, q, k, v)
+        assert ov.last_used == "sub_quad"
+    assert flaky_kernel["calls"] == 2  # never tried again for this shape
