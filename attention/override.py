@@ -16,7 +16,7 @@ import torch
 from ..telemetry.phases import note
 from . import backends
 from .autotune import TUNER, AutoTuner
-from .contract import AttnCall
+from .contract import AttnCall, UnsupportedCall
 from .schedule import Schedule
 from .verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE, compare, reference_rows
 
@@ -84,17 +84,20 @@ class AttentionOverride:
 
     def __call__(self, func: Callable, *args, **kwargs):
         def default():
-            if self.previous is not None:
+            if self.previous is not None:  # an override, like this one: it gets the call as it came
                 return self.previous(func, *args, **kwargs)
-            return func(*args, **kwargs)
+            # as ComfyUI's wrap_attn does without an override: the model's preferred attention for this
+            # layer, if it has one, before the default function, and neither sees preferred_attention
+            preferred = getattr(kwargs.get("preferred_attention"), "function", None)
+            rest = {k: v for k, v in kwargs.items() if k != "preferred_attention"}
+            return (preferred or func)(*args, **rest)
 
         try:
             call = AttnCall.from_args(args, kwargs)
+        except UnsupportedCall as exc:
+            return self._decline(str(exc), args, default)
         except Exception as exc:
-            self._once(logging.WARNING, ("contract", str(exc)), "wan_accel attention: cannot read the call (%s); "
-                       "using ComfyUI's attention", exc)
-            self.last_used = backends.COMFY_DEFAULT
-            return default()
+            return self._decline(f"cannot read the call ({exc})", args, default)
         topts = kwargs.get("transformer_options") or {}
         primary = self.backend if self.schedule.everything or self.schedule.matches(call, topts) else self.fallback
         return self.dispatch(call, primary, default)
@@ -147,6 +150,15 @@ class AttentionOverride:
                 return call.finish(out)
         raise AssertionError("unreachable: comfy_default always runs")
 
+    def _decline(self, reason: str, args: tuple, default: Callable[[], Any]):
+        """A call no kernel here can take as it is: ComfyUI's function runs it, with its keywords unchanged."""
+        self._once(logging.WARNING, ("decline", reason), "wan_accel attention%s: %s; ComfyUI's attention runs such "
+                   "calls", f" [{self.label}]" if self.label else "", reason)
+        self._count(backends.COMFY_DEFAULT)
+        shape = " ".join(f"{n}{tuple(t.shape)}" for n, t in zip("qkv", args) if hasattr(t, "shape"))
+        self._report(shape, ("declined", reason), backends.COMFY_DEFAULT, self.backend, True, "fallback: " + reason)
+        return default()
+
     def _out_of_memory(self, name: str, call: AttnCall) -> str:
         self._once(logging.WARNING, ("oom", name, call.key()), "wan_accel attention: %s ran out of memory at %s: the "
                    "fallback serves that call, %s stays the choice for the next ones", name, call.shape_str(), name)
@@ -158,7 +170,10 @@ class AttentionOverride:
         reused = key in self.tuner.choices
         name = self.tuner.choose(call, self.min_cosine, self.max_rel_error, self.label)
         timings = {n: v["ms"] for n, v in self.tuner.results.get(key, {}).items() if isinstance(v, dict)}
-        return name, {"reason": "auto (cached)" if reused else "auto", "timings": timings}
+        reason = "auto (cached)" if reused else "auto"
+        if not call.low_precision_ok:
+            reason += ": full precision asked (low_precision_attention=False), quantising kernels left out"
+        return name, {"reason": reason, "timings": timings}
 
     def _count(self, name: str) -> None:
         self.last_used = name
@@ -173,19 +188,22 @@ class AttentionOverride:
         if reasons:
             self._once(logging.INFO, ("fallback", name, call.key()), "wan_accel attention%s: %s -> %s",
                        f" [{self.label}]" if self.label else "", "; ".join(reasons), name)
-            self._report(call, name, primary, True, "fallback: " + "; ".join(reasons))
+            reason = "fallback: " + "; ".join(reasons)
+            self._report(call.shape_str(), call.key(), name, primary, True, reason)
         elif primary == backends.AUTO:  # auto's own choice is not a fallback
-            self._report(call, name, primary, False, auto["reason"], timings=auto["timings"])
+            self._report(call.shape_str(), call.key(), name, primary, False, auto["reason"], timings=auto["timings"])
         else:
-            self._report(call, name, primary, False,
+            self._report(call.shape_str(), call.key(), name, primary, False,
                          "as set" if primary == self.backend else "scheduled: the node's fallback for these calls")
 
-    def _report(self, call: AttnCall, backend: str, requested: str, fallback: bool, reason: str, **extra) -> None:
-        outcome = (call.key(), requested, backend, fallback)
+    def _report(self, shape: str, key: tuple, backend: str, requested: str, fallback: bool, reason: str,
+                **extra) -> None:
+        """One telemetry note per shape (``key``), outcome and run."""
+        outcome = (key, requested, backend, fallback)
         if outcome in self._reported:
             return
         self._reported.add(outcome)
-        note("attention_backend", model=self.label, shape=call.shape_str(), backend=backend, requested=requested,
+        note("attention_backend", model=self.label, shape=shape, backend=backend, requested=requested,
              fallback=fallback, reason=reason, node_id=self.node_id, **extra)
 
     def _try(self, name: str, call: AttnCall, reasons: list) -> tuple[Any, bool]:

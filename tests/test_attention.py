@@ -77,6 +77,15 @@ def fresh_probes():
     TUNER.clear()
 
 
+@pytest.fixture
+def notes():
+    """The attention_backend telemetry notes emitted during the test."""
+    events: list = []
+    phases.add_listener(events.append)
+    yield lambda: [e for e in events if e.get("name") == "attention_backend"]
+    phases.remove_listener(events.append)
+
+
 CPU_BACKENDS = ["sdpa", "sdpa_math", "sdpa_flash", "sub_quad"]
 
 

@@ -268,3 +268,54 @@ def prompt_executor(execution):
     if "cache_args" not in inspect.signature(execution.PromptExecutor.__init__).parameters:
         return execution.PromptExecutor(quiet, cache_type=False)
     return execution.PromptExecutor(quiet, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+
+def test_wan_i2v_image_cross_attention_never_reaches_a_quantising_kernel(comfy, monkeypatch):
+    """A real Wan i2v forward: where ComfyUI marks the image cross-attention low_precision_attention=False
+    (0.33+; SageAttention can give NaNs there), a quantising backend gets only the other calls."""
+    from wan_accel.attention.backends import registry
+    from wan_accel.telemetry import phases
+
+    given = []
+
+    def quantising(call):  # exact, so the model's output can be compared; says it quantises
+        given.append(call.k_len)
+        return torch.nn.functional.scaled_dot_product_attention(call.q, call.k, call.v)
+
+    monkeypatch.setitem(registry.REGISTRY, "lowp", registry.Backend("lowp", "test", quantising, low_precision=True))
+    model = comfy["wan"].WanModel(model_type="i2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=256,
+                                  ffn_dim=512, freq_dim=256, text_dim=4096, out_dim=16, num_heads=2,
+                                  num_layers=BLOCKS, operations=comfy["ops"].disable_weight_init, device="cpu",
+                                  dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.1))
+    x = torch.randn(1, 16, 2, 8, 8, generator=g)
+    t = torch.tensor([500.0])
+    ctx = torch.randn(1, 512, 4096, generator=g) * 0.1
+    clip = torch.randn(1, 257, 1280, generator=g)
+
+    ov = AttentionOverride("lowp", fallback="sub_quad", verify=False, label="i2v")
+    flags = []
+
+    def spy(func, *args, **kwargs):  # what ComfyUI hands the override
+        flags.append((args[1].shape[-2], kwargs.get("low_precision_attention")))
+        return ov(func, *args, **kwargs)
+
+    events: list = []
+    phases.add_listener(events.append)
+    try:
+        with torch.no_grad():
+            want = model(x, t, ctx, clip_fea=clip, transformer_options={})
+            got = model(x, t, ctx, clip_fea=clip, transformer_options={"optimized_attention_override": spy})
+    finally:
+        phases.remove_listener(events.append)
+    if (257, False) not in flags:
+        pytest.skip("this ComfyUI's Wan does not mark the image cross-attention low_precision_attention=False")
+    assert set(given) == {32, 512} and 257 not in given  # self (32 tokens) and text (512): the kernel; image: not
+    assert ov.counts == {"lowp": 2 * BLOCKS, "sub_quad": BLOCKS}
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    (image,) = [e for e in events if e.get("name") == "attention_backend" and "Lk257" in e["shape"]]
+    assert image["backend"] == "sub_quad" and image["fallback"] is True
+    assert "low_precision_attention=False" in image["reason"]

@@ -11,17 +11,8 @@ import torch
 
 from wan_accel.attention import AttentionOverride, AutoTuner, Schedule, backends, override
 from wan_accel.attention.backends import registry
-from wan_accel.telemetry import phases
 
-from test_attention import fresh_probes  # noqa: F401  (autouse: fresh probes and an empty tuner per test)
-
-
-@pytest.fixture
-def notes():
-    events: list = []
-    phases.add_listener(events.append)
-    yield lambda: [e for e in events if e.get("name") == "attention_backend"]
-    phases.remove_listener(events.append)
+from test_attention import fresh_probes, notes  # noqa: F401  (fixtures: autouse fresh probes; telemetry notes)
 
 
 def qkv(lq=24, lk=24, heads=2, d=64, dtype=torch.float32):

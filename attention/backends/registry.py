@@ -38,7 +38,7 @@ class Backend:
     mask: bool = True
     min_capability: tuple | None = None  # CUDA compute capability
     max_capability: tuple | None = None
-    low_precision: bool = False  # quantises q/k/v or P: refuses attn_precision=float32 calls
+    low_precision: bool = False  # quantises q/k/v or P: refuses float32-precision and full-precision calls
     extra_check: Callable[[AttnCall], str | None] | None = None
     package: str = ""  # what to install, for messages
     # [] until probed, then [reason or None, package missing?, the probe's own message]
@@ -93,6 +93,8 @@ class Backend:
             return f"{self.name}: v head dim {call.v.shape[-1]} differs from q's {call.head_dim}"
         if self.low_precision and call.wants_fp32:
             return f"{self.name} quantises; the call asks for attn_precision=float32"
+        if self.low_precision and not call.low_precision_ok:
+            return f"{self.name} quantises; the call asks for full precision (low_precision_attention=False)"
         if dev.type == "cuda" and (self.min_capability or self.max_capability):
             cap = torch.cuda.get_device_capability(dev)
             if self.min_capability and cap < self.min_capability:
