@@ -150,3 +150,33 @@ def test_the_default_scale_and_no_gqa_stay_on_the_backend():
     func = ComfyFunction()
     attend(ov, func, *qkv(d=64), scale=64 ** -0.5, enable_gqa=False)
     assert ov.last_used == "sub_quad" and func.kwargs == []
+
+
+# ---------------------------------------------------------------------------------------------
+# comfy-kitchen: ComfyUI pins it exactly; say plainly when the installed one has no int8 attention
+# ---------------------------------------------------------------------------------------------
+def test_kitchen_without_int8_attention_says_which_version_is_installed(monkeypatch):
+    import importlib.metadata
+    import sys
+
+    from wan_accel.attention.backends import get, kitchen
+
+    old = types.ModuleType("comfy_kitchen")  # an older release: no int8_attention
+    monkeypatch.setitem(sys.modules, "comfy_kitchen", old)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.2.3" if name == "comfy-kitchen" else "0")
+    monkeypatch.setattr(registry, "need_cuda", lambda: None)
+    assert kitchen.installed_version() == "0.2.3"
+    status = get("kitchen_int8").status()
+    assert status.startswith("not usable here (the installed comfy-kitchen 0.2.3 has no int8_attention")
+    assert "pip install" not in status  # it is installed: installing it again is not the fix
+
+
+def test_kitchen_probe_accepts_the_comfy_kitchen_comfyui_pins(monkeypatch):
+    """The real comfy-kitchen of this environment (ComfyUI 0.33 pins 0.2.31) passes the symbol check; only the
+    CPU (no int8 attention kernel here) stops it."""
+    pytest.importorskip("comfy_kitchen")
+    from wan_accel.attention.backends import get
+
+    monkeypatch.setattr(registry, "need_cuda", lambda: None)
+    status = get("kitchen_int8").status()
+    assert status in ("ready", "not usable here (comfy_kitchen.int8_attention_is_available() is False on this GPU)")
