@@ -170,10 +170,13 @@ class AttentionOverride:
         reused = key in self.tuner.choices
         name = self.tuner.choose(call, self.min_cosine, self.max_rel_error, self.label)
         timings = {n: v["ms"] for n, v in self.tuner.results.get(key, {}).items() if isinstance(v, dict)}
-        reason = "auto (cached)" if reused else "auto"
+        extra = {"timings": timings}
         if not call.low_precision_ok:
-            reason += ": full precision asked (low_precision_attention=False), quantising kernels left out"
-        return name, {"reason": reason, "timings": timings}
+            self._once(logging.INFO, ("auto full precision",), "wan_accel attention%s: auto leaves the quantising "
+                       "kernels out of calls marked low_precision_attention=False (e.g. Wan's i2v image "
+                       "cross-attention)", f" [{self.label}]" if self.label else "")
+            extra["full_precision"] = True
+        return name, {"reason": "auto (cached)" if reused else "auto", "extra": extra}
 
     def _count(self, name: str) -> None:
         self.last_used = name
@@ -191,7 +194,7 @@ class AttentionOverride:
             reason = "fallback: " + "; ".join(reasons)
             self._report(call.shape_str(), call.key(), name, primary, True, reason)
         elif primary == backends.AUTO:  # auto's own choice is not a fallback
-            self._report(call.shape_str(), call.key(), name, primary, False, auto["reason"], timings=auto["timings"])
+            self._report(call.shape_str(), call.key(), name, primary, False, auto["reason"], **auto["extra"])
         else:
             self._report(call.shape_str(), call.key(), name, primary, False,
                          "as set" if primary == self.backend else "scheduled: the node's fallback for these calls")

@@ -84,15 +84,22 @@ def test_a_quantising_fallback_too_leaves_the_call_to_comfyui_with_its_keywords(
     assert func.kwargs == [{"transformer_options": {}, "_inside_attn_wrapper": True, "low_precision_attention": False}]
 
 
-def test_auto_leaves_quantising_kernels_out_of_a_full_precision_call(quantising, notes):
+def test_auto_leaves_quantising_kernels_out_of_a_full_precision_call(quantising, notes, caplog):
     tuner = AutoTuner(reps=1, candidates=("lowp", "sub_quad"))
     ov = AttentionOverride("auto", fallback="sdpa", tuner=tuner)
-    attend(ov, ComfyFunction(), *qkv(lk=7), low_precision_attention=False)
-    assert quantising == [] and ov.last_used == "sub_quad"
+    with caplog.at_level(logging.INFO, logger="wan_accel.attention"):
+        for _ in range(2):
+            attend(ov, ComfyFunction(), *qkv(lk=7), low_precision_attention=False)
+        assert quantising == [] and ov.last_used == "sub_quad"
+        attend(ov, ComfyFunction(), *qkv(lk=7))  # the same shape, quantising allowed: tuned on its own
+    assert quantising and len(tuner.choices) == 2
     table = next(iter(tuner.results.values()))
     assert "low_precision_attention=False" in table["lowp"]
-    (only,) = notes()
-    assert only["fallback"] is False and "quantising kernels left out" in only["reason"]
+    full, allowed = notes()
+    assert (full["backend"], full["fallback"], full["reason"], full.get("full_precision")) == \
+        ("sub_quad", False, "auto", True)
+    assert "full_precision" not in allowed
+    assert sum("low_precision_attention=False" in r.getMessage() for r in caplog.records) == 1
 
 
 # ---------------------------------------------------------------------------------------------
