@@ -156,7 +156,8 @@ class AttentionOverride:
                    "calls", f" [{self.label}]" if self.label else "", reason)
         self._count(backends.COMFY_DEFAULT)
         shape = " ".join(f"{n}{tuple(t.shape)}" for n, t in zip("qkv", args) if hasattr(t, "shape"))
-        self._report(shape, ("declined", reason), backends.COMFY_DEFAULT, self.backend, True, "fallback: " + reason)
+        self._report(shape, ("declined", reason), backends.COMFY_DEFAULT, self.backend,
+                     self.backend != backends.COMFY_DEFAULT, "fallback: " + reason)
         return default()
 
     def _out_of_memory(self, name: str, call: AttnCall) -> str:

@@ -11,7 +11,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..attention import ATTENTION_KINDS, AUTO, COMFY_DEFAULT, AttentionOverride, Schedule, names, parse_ranges
+from ..attention import (ATTENTION_KINDS, AUTO, COMFY_DEFAULT, REGISTRY, AttentionOverride, Schedule, names,
+                         parse_ranges)
 from ..attention.backends import statuses
 from ..attention.verify import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_COSINE
 
@@ -19,20 +20,18 @@ OVERRIDE_KEY = "optimized_attention_override"
 RUN_HOOK_KEY = "wan_accel_attention"
 log = logging.getLogger("wan_accel.attention")
 
-BACKEND_TOOLTIP = (
-    "Attention kernel for this model. sdpa: PyTorch picks; sdpa_cudnn/sdpa_flash/sdpa_efficient/sdpa_math: "
-    "PyTorch SDPA pinned to one kernel; sub_quad: chunked pure-torch attention under a memory budget (CPU, small "
-    "cards); sage/sage3: SageAttention (installed version) / SageAttention 3; flash_attn: flash-attn 2 or 3; "
-    "flash_attn_4: flash-attn-4 (CuTe); xformers; kitchen_int8: comfy-kitchen INT8 attention; cudnn_fp8: FP8 "
-    "attention through the cuDNN frontend (Hopper/Blackwell); auto: time every available backend on the first "
-    "call of each shape and keep the fastest that passes verification; comfy_default: leave ComfyUI's choice. "
-    "A backend that is not installed or cannot take a call hands it to the fallback (logged once per reason; the "
-    "sampler's telemetry badge shows what ran).")
+def backend_tooltip() -> str:
+    """What each backend is and its state on this machine (probed when the node list is built, cached),
+    from the registry: a backend added there shows up here with nothing else to edit."""
+    entries = "; ".join(f"{name} [{state}]: {REGISTRY[name].doc}" for name, state in statuses().items())
+    return ("Attention kernel for this model; the state on this machine is in brackets. " + entries +
+            "; auto: time every usable backend on the first call of each shape and keep the fastest that passes "
+            "verification; comfy_default: leave ComfyUI's choice. A backend that is not installed or cannot take "
+            "a call hands it to the fallback (logged once per reason; telemetry records on the sampler what ran).")
 
 
-def status_tooltip() -> str:
-    """Each backend's state on this machine, as probed when the node list is built."""
-    return "Here: " + "; ".join(f"{name} {state}" for name, state in statuses().items()) + "."
+def states_tooltip() -> str:
+    return "State on this machine: " + "; ".join(f"{name} [{state}]" for name, state in statuses().items()) + "."
 
 
 def setup() -> None:
@@ -78,13 +77,12 @@ class WanAccelAttention(io.ComfyNode):
                         "to give them different backends.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (a clone is patched, not this one)."),
-                io.Combo.Input("backend", options=CHOICES["backend"], default="auto",
-                               tooltip=BACKEND_TOOLTIP + " " + status_tooltip()),
+                io.Combo.Input("backend", options=CHOICES["backend"], default="auto", tooltip=backend_tooltip()),
                 io.Combo.Input("fallback", options=CHOICES["fallback"], default="sdpa",
                                tooltip="Used for calls the schedule leaves out, and for any call the backend cannot "
                                        "take (package missing, a mask it would ignore, unsupported head dim or "
                                        "dtype, an error, failed verification). comfy_default = ComfyUI's own "
-                                       "attention (or an override that was already on the model). " + status_tooltip()),
+                                       "attention (or an override that was already on the model). " + states_tooltip()),
                 io.Boolean.Input("verify", default=True,
                                  tooltip="Compare the first call of each shape against float32 SDPA (on up to 1024 "
                                          "query rows); on a failed check or non-finite output use the fallback for "

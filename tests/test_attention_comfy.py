@@ -180,9 +180,9 @@ def test_backend_list_says_what_this_machine_can_run(nodes):
     schema = nodes.WanAccelAttention.define_schema()
     backend, fallback = (next(i for i in schema.inputs if i.id == n) for n in ("backend", "fallback"))
     states = statuses()
-    assert "sub_quad ready" in backend.tooltip and "sage not installed (pip install sageattention)" in backend.tooltip
+    assert "sub_quad [ready]" in backend.tooltip and "sage [not installed (pip install sageattention)]" in backend.tooltip
     for name, state in states.items():
-        assert f"{name} {state}" in backend.tooltip and f"{name} {state}" in fallback.tooltip
+        assert f"{name} [{state}]" in backend.tooltip and f"{name} [{state}]" in fallback.tooltip
     assert backend.options == list(states) + ["auto", "comfy_default"]  # values unchanged: saved graphs load
 
 
