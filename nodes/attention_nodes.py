@@ -102,7 +102,8 @@ class WanAccelAttention(io.ComfyNode):
                                         "'0-29' or '0, 39'. Empty = all. Other blocks use the fallback."),
             ],
             outputs=[io.Model.Output(tooltip="A clone of the model that uses the chosen attention.")],
-            hidden=[io.Hidden.unique_id],  # telemetry ties what ran back to this node
+            # the node's id, so telemetry ties what ran back to this node (feature-detected; in 0.3.64+)
+            hidden=[io.Hidden.unique_id] if hasattr(io, "Hidden") else [],
         )
 
     # Named arguments only: with **kwargs ComfyUI skips its own range and combo checks for every
