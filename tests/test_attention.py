@@ -9,17 +9,14 @@ import copy
 import logging
 import math
 import sys
-import time
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import wan_accel.attention as A
-from wan_accel.attention import backends as B
-from wan_accel.attention import subquad
-from wan_accel.attention.override import AttentionOverride, AutoTuner, Schedule, parse_ranges
+from wan_accel.attention import TUNER, AttentionOverride, AttnCall, AutoTuner, Schedule, available, backends, parse_ranges
+from wan_accel.attention.backends import cudnn_fp8, registry, sub_quad
 from wan_accel.telemetry import phases
 
 torch.manual_seed(0)
@@ -73,11 +70,20 @@ def call(ov, q, k, v, heads, func=must_not_run, **kw):
 
 @pytest.fixture(autouse=True)
 def fresh_probes():
-    B.reset_probes()
-    A.TUNER.clear()
+    backends.reset_probes()
+    TUNER.clear()
     yield
-    B.reset_probes()
-    A.TUNER.clear()
+    backends.reset_probes()
+    TUNER.clear()
+
+
+@pytest.fixture
+def notes():
+    """The attention_backend telemetry notes emitted during the test."""
+    events: list = []
+    phases.add_listener(events.append)
+    yield lambda: [e for e in events if e.get("name") == "attention_backend"]
+    phases.remove_listener(events.append)
 
 
 CPU_BACKENDS = ["sdpa", "sdpa_math", "sdpa_flash", "sub_quad"]
@@ -89,11 +95,11 @@ CPU_BACKENDS = ["sdpa", "sdpa_math", "sdpa_flash", "sub_quad"]
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("lq,lk,d", [(37, 37, 32), (64, 19, 64), (5, 130, 128)])
 def test_cpu_backend_equals_sdpa_math_fp32(name, lq, lk, d):
-    assert B.get(name).available, B.get(name).unavailable_reason()
+    assert backends.get(name).available, backends.get(name).unavailable_reason()
     q, k, v = make_qkv(lq=lq, lk=lk, d=d, skip_reshape=True)
-    c = A.AttnCall.from_args((q, k, v, 3), {"skip_reshape": True, "skip_output_reshape": True})
-    assert B.get(name).unsupported_reason(c) is None
-    got = B.get(name).run(c)
+    c = AttnCall.from_args((q, k, v, 3), {"skip_reshape": True, "skip_output_reshape": True})
+    assert backends.get(name).unsupported_reason(c) is None
+    got = backends.get(name).run(c)
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         want = F.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
@@ -105,20 +111,20 @@ def test_sub_quad_chunks_under_a_tiny_budget_and_stays_exact():
     q, k, v = make_qkv(b=1, heads=2, lq=200, lk=300, d=16, skip_reshape=True)
     mask = torch.randn(1, 1, 200, 300)
     budget = 2 * 2 * 8 * 100  # forces key chunks of ~100 and one query row per chunk
-    qc, kc = subquad.chunk_sizes(2, 200, 300, budget)
+    qc, kc = sub_quad.chunk_sizes(2, 200, 300, budget)
     assert kc < 300 and qc == 1
-    got = subquad.attention(q, k, v, mask, budget_bytes=budget)
+    got = sub_quad.attention(q, k, v, mask, budget_bytes=budget)
     want = ref_attention(q, k, v, 2, mask=mask, skip_reshape=True, skip_output_reshape=True)
     torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
     # with a generous budget the keys stay whole
-    assert subquad.chunk_sizes(2, 200, 300, 2**30) == (200, 300)
+    assert sub_quad.chunk_sizes(2, 200, 300, 2**30) == (200, 300)
 
 
 def test_sub_quad_bool_mask_with_a_fully_masked_key_block():
     q, k, v = make_qkv(b=1, heads=1, lq=8, lk=200, d=16, skip_reshape=True)
     keep = torch.ones(1, 1, 8, 200, dtype=torch.bool)
     keep[..., :150] = False  # the first key chunks are entirely masked out
-    got = subquad.attention(q, k, v, keep, budget_bytes=8 * 64)
+    got = sub_quad.attention(q, k, v, keep, budget_bytes=8 * 64)
     want = ref_attention(q, k, v, 1, mask=keep, skip_reshape=True, skip_output_reshape=True)
     torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
 
@@ -190,8 +196,8 @@ def test_comfy_default_passes_the_call_through_untouched():
 # ---------------------------------------------------------------------------------------------
 def test_missing_package_falls_back_and_logs_once(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "sageattention", None)  # import raises ImportError
-    monkeypatch.setattr(B, "_need_cuda", lambda: None)
-    reason = B.get("sage").unavailable_reason()
+    monkeypatch.setattr(registry, "need_cuda", lambda: None)
+    reason = backends.get("sage").unavailable_reason()
     assert reason and "Error" in reason and "install sageattention" in reason
     ov = AttentionOverride("sage", fallback="sub_quad", verify=False)
     q, k, v = make_qkv(1, 2, 12, 12, 64)
@@ -211,11 +217,11 @@ def test_every_package_backend_reports_absence(monkeypatch, name, module):
     monkeypatch.setitem(sys.modules, module, None)
     if name == "flash_attn":
         monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
-    monkeypatch.setattr(B, "_need_cuda", lambda: None)
-    b = B.get(name)
+    monkeypatch.setattr(registry, "need_cuda", lambda: None)
+    b = backends.get(name)
     assert not b.available
     assert "unavailable" in b.unavailable_reason()
-    assert name not in A.available()
+    assert name not in available()
 
 
 def _sdpa_bhld(q, k, v, mask=None):
@@ -231,11 +237,11 @@ class FakePackages:
     def __init__(self, monkeypatch):
         self.calls = []
         mp = monkeypatch
-        mp.setattr(B, "_need_cuda", lambda: None)
+        mp.setattr(registry, "need_cuda", lambda: None)
         for name in ("sage", "sage3", "flash_attn", "flash_attn_4", "xformers", "kitchen_int8"):
-            mp.setattr(B.get(name), "devices", ("cuda", "cpu"))
-        mp.setattr(B.get("sage3"), "min_capability", None)
-        mp.setattr(B.get("flash_attn_4"), "min_capability", None)
+            mp.setattr(backends.get(name), "devices", ("cuda", "cpu"))
+        mp.setattr(backends.get("sage3"), "min_capability", None)
+        mp.setattr(backends.get("flash_attn_4"), "min_capability", None)
         sage = types.ModuleType("sageattention")
 
         def sageattn(q, k, v, tensor_layout="HND", is_causal=False, **kw):
@@ -302,7 +308,7 @@ class FakePackages:
         xf.ops = xops
         mp.setitem(sys.modules, "xformers", xf)
         mp.setitem(sys.modules, "xformers.ops", xops)
-        B.reset_probes()
+        backends.reset_probes()
 
 
 @pytest.fixture
@@ -361,7 +367,7 @@ def test_fp8_quantisation_roundtrip():
     """cudnn_fp8's per-tensor quantisation: within e4m3's precision, no value past the fp8 range."""
     t = torch.randn(2, 3, 500, 64, dtype=torch.bfloat16) * 7
     t[0, 0, 0, 0] = 300.0  # an outlier sets the scale
-    q8, descale = B._quant_fp8(t)
+    q8, descale = cudnn_fp8.quant_fp8(t)
     assert q8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
     back = q8.float() * descale
     assert torch.isfinite(back).all() and q8.float().abs().max() <= 448
@@ -428,7 +434,7 @@ def test_verification_reference_on_a_subset_of_rows():
     from wan_accel.attention import verify as V
 
     q, k, v = make_qkv(1, 2, 3000, 50, 16, skip_reshape=True)
-    c = A.AttnCall.from_args((q, k, v, 2), {"skip_reshape": True})
+    c = AttnCall.from_args((q, k, v, 2), {"skip_reshape": True})
     idx, ref = V.reference_rows(c, max_rows=100)
     assert idx.numel() == 100 and idx[0] == 0 and idx[-1] == 2999
     full = ref_attention(q, k, v, 2, skip_reshape=True, skip_output_reshape=True)
@@ -523,11 +529,11 @@ def test_bad_names_and_kinds_are_refused():
 # ---------------------------------------------------------------------------------------------
 # auto
 # ---------------------------------------------------------------------------------------------
-def _slow(run, seconds):
-    def slowed(c):
-        time.sleep(seconds)
-        return run(c)
-    return slowed
+def fixed_clock(ms_by_backend: dict):
+    """A timer for AutoTuner.time_ms that reports fixed milliseconds per backend: no wall time in tests."""
+    def time_ms(b, call):
+        return ms_by_backend[b.name]
+    return time_ms
 
 
 @pytest.mark.parametrize("slow", ["sdpa", "sub_quad"])
@@ -535,17 +541,18 @@ def test_auto_picks_the_fastest_and_caches_it(monkeypatch, slow):
     fast = {"sdpa": "sub_quad", "sub_quad": "sdpa"}[slow]
     runs = {"sdpa": 0, "sub_quad": 0}
     for name in runs:
-        orig = B.get(name).run
+        orig = backends.get(name).run
 
         def counted(c, _orig=orig, _name=name):
             runs[_name] += 1
             return _orig(c)
 
-        monkeypatch.setattr(B.get(name), "run", _slow(counted, 0.03) if name == slow else counted)
+        monkeypatch.setattr(backends.get(name), "run", counted)
     events = []
     phases.add_listener(events.append)
     try:
         tuner = AutoTuner(reps=2, candidates=("sdpa", "sub_quad"))
+        monkeypatch.setattr(tuner, "time_ms", fixed_clock({slow: 30.0, fast: 1.0}))
         ov = AttentionOverride("auto", fallback="sdpa", verify=True, tuner=tuner, label="m1")
         q, k, v = make_qkv(1, 2, 50, 50, 16)
         out = call(ov, q, k, v, 2)
@@ -554,12 +561,12 @@ def test_auto_picks_the_fastest_and_caches_it(monkeypatch, slow):
         after_tune = dict(runs)
         for _ in range(3):
             call(ov, q, k, v, 2)
-        # cached: no more timing runs, only the chosen backend's three calls
+        # cached: no more tuning runs, only the chosen backend's three calls
         assert runs[slow] == after_tune[slow]
         assert runs[fast] == after_tune[fast] + 3
         assert list(tuner.choices.values()) == [fast]
         table = next(iter(tuner.results.values()))
-        assert table[slow]["ms"] > table[fast]["ms"]
+        assert (table[slow]["ms"], table[fast]["ms"]) == (30.0, 1.0)
         picks = [e for e in events if e.get("name") == "attention_backend"]
         assert len(picks) == 1 and picks[0]["backend"] == fast and picks[0]["model"] == "m1"
         # a new shape tunes again
@@ -575,8 +582,8 @@ def test_auto_skips_a_fast_backend_that_fails_verification(fakes, monkeypatch):
         return torch.zeros_like(q)
 
     monkeypatch.setattr(sys.modules["sageattention"], "sageattn", wrong)
-    monkeypatch.setattr(B.get("sub_quad"), "run", _slow(B.get("sub_quad").run, 0.02))
     tuner = AutoTuner(reps=1, candidates=("sage", "sub_quad"))
+    monkeypatch.setattr(tuner, "time_ms", fixed_clock({"sage": 0.1, "sub_quad": 20.0}))
     ov = AttentionOverride("auto", fallback="sdpa", tuner=tuner)
     q, k, v = make_qkv(1, 2, 30, 30, 64, dtype=torch.bfloat16)
     call(ov, q, k, v, 2)
@@ -589,10 +596,10 @@ def test_auto_on_cpu_with_every_real_backend():
     ov = AttentionOverride("auto", fallback="sdpa")
     q, k, v = make_qkv(1, 2, 64, 64, 32)
     out = call(ov, q, k, v, 2)
-    table = next(iter(A.TUNER.results.values()))
+    table = next(iter(TUNER.results.values()))
     timed = {n for n, r in table.items() if isinstance(r, dict)}
     assert timed == set(CPU_BACKENDS)  # the GPU-only ones say why they were skipped
-    assert all(isinstance(table[n], str) for n in B.names(False) if n not in CPU_BACKENDS)
+    assert all(isinstance(table[n], str) for n in backends.names(False) if n not in CPU_BACKENDS)
     assert ov.last_used in CPU_BACKENDS
     torch.testing.assert_close(out.double(), ref_attention(q, k, v, 2), atol=3e-5, rtol=3e-5)
 

@@ -1,4 +1,4 @@
-"""Chunked attention in pure torch under a memory budget (for the CPU and small cards).
+"""``sub_quad``: chunked attention in pure torch under a memory budget (for the CPU and small cards).
 
 Queries are processed in chunks; for each query chunk the keys are swept in chunks with an
 online (running max / running sum) softmax, accumulating in float32, so the largest temporary is
@@ -10,6 +10,8 @@ import math
 import os
 
 import torch
+
+from .registry import Backend, register
 
 DEFAULT_BUDGET_MB = float(os.environ.get("WAN_ACCEL_SUBQUAD_MB", "256"))
 
@@ -84,3 +86,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             run_max = new_max
         out[:, :, i:i2] = (acc / run_sum).to(out.dtype)
     return out
+
+
+register(Backend("sub_quad", "chunked attention in pure torch under a memory budget (WAN_ACCEL_SUBQUAD_MB)",
+                 lambda c: attention(c.q, c.k, c.v, c.mask)))
