@@ -1,12 +1,11 @@
 """Import the package the way ComfyUI does, never by putting the repo root on sys.path.
 
 ComfyUI loads ``custom_nodes/<folder>/__init__.py`` with importlib under a path-like module
-name; pip installs the same tree as ``wan_accel``. When ``wan_accel`` is not installed we load
-the repo root under that name with the same importlib call ComfyUI uses.
+name; pip installs the same tree as ``wan_accel``. ``tools/package_loader.py`` (the one loader for
+tests and benches) loads the repo root under that name by file, unless this checkout is installed.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -15,23 +14,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+sys.path.insert(0, str(REPO / "tools"))
+try:
+    from package_loader import load_wan_accel
+finally:
+    sys.path.remove(str(REPO / "tools"))
 
-def _load_repo_as_wan_accel() -> None:
-    if "wan_accel" in sys.modules:
-        return
-    try:
-        spec = importlib.util.find_spec("wan_accel")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        return
-    spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wan_accel"] = module
-    spec.loader.exec_module(module)
-
-
-_load_repo_as_wan_accel()
+load_wan_accel()
 
 
 def comfyui_path() -> Path | None:

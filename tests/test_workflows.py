@@ -75,7 +75,7 @@ MODEL_FILES = {
 }
 
 _SCHEMA_SCRIPT = textwrap.dedent('''
-    import importlib, importlib.util, json, sys, types
+    import importlib, json, sys, types
     repo = sys.argv[1]
 
     class Kind:
@@ -111,10 +111,9 @@ _SCHEMA_SCRIPT = textwrap.dedent('''
         sys.modules[name] = mod
     sys.modules["comfy"].model_management = sys.modules["comfy.model_management"]
     sys.modules["comfy"].utils = sys.modules["comfy.utils"]
-    spec = importlib.util.spec_from_file_location("wan_accel", repo + "/__init__.py")
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["wan_accel"] = pkg
-    spec.loader.exec_module(pkg)
+    sys.path.insert(0, repo + "/tools")
+    from package_loader import load_wan_accel
+    load_wan_accel()
     out = {}
     for mod in ("vae_nodes", "attention_nodes", "telemetry_nodes"):
         m = importlib.import_module("wan_accel.nodes." + mod)
