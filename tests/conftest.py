@@ -1,13 +1,17 @@
-"""Import the package the way ComfyUI does, never by putting the repo root on sys.path.
+"""Test session set-up.
 
-ComfyUI loads ``custom_nodes/<folder>/__init__.py`` with importlib under a path-like module
-name; pip installs the same tree as ``wan_accel``. ``tools/package_loader.py`` (the one loader for
-tests and benches) loads the repo root under that name by file, unless this checkout is installed.
+* The package is imported the way ComfyUI imports ``custom_nodes/<folder>``: by file, under a name
+  (``wan_accel``), never by putting the repo root on ``sys.path`` (``tools/package_loader.py``).
+* ``COMFYUI_PATH`` points the integration tests at a ComfyUI checkout (fixture ``comfyui``).
+* Everything the tests and the processes they start write to the temporary folder goes into one folder
+  per session; whatever a test leaves there fails the session, then the folder is removed.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,52 @@ finally:
 
 load_wan_accel()
 
+def _user() -> str:
+    import getpass
+    import re
+
+    try:
+        return re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())  # as torch names its default cache folder
+    except (KeyError, OSError):
+        return "unknown"
+
+
+# Before anything asks for the temporary folder: subprocesses (ComfyUI, chromium) inherit TMPDIR.
+# torch's compile cache stays where it was (it is a cache, kept between sessions, not a test's leftover).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{_user()}"))
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="wan_accel_tests_"))
+os.environ["TMPDIR"] = str(SESSION_TMP)
+tempfile.tempdir = str(SESSION_TMP)
+# pytest's own tmp_path folders live in SESSION_TMP too and go with it
+PYTEST_TMP_PREFIX = "pytest-of-"
+
+
+def leftover_temp_files(folder: Path = SESSION_TMP) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(PYTEST_TMP_PREFIX))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not SESSION_TMP.is_dir():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str, **markup) -> None:
+        if reporter is not None:
+            reporter.write_line(line, **markup)
+        else:
+            print(line, file=sys.stderr)
+
+    leftovers = leftover_temp_files()
+    keep = bool(os.environ.get("WAN_ACCEL_E2E_KEEP"))
+    if leftovers and not keep:
+        say(f"ERROR: tests left files in the temporary folder {SESSION_TMP}: {', '.join(leftovers)}", red=True)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if leftovers or keep:
+        say(f"temporary folder kept: {SESSION_TMP}")
+    else:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
 
 def comfyui_path() -> Path | None:
     value = os.environ.get("COMFYUI_PATH")
@@ -33,7 +83,7 @@ def comfyui():
     """A ComfyUI checkout on sys.path, or a skip that says how to get one."""
     path = comfyui_path()
     if path is None:
-        pytest.skip("integration test: set COMFYUI_PATH to a ComfyUI checkout (0.3.64 or 0.8.0) to run it")
+        pytest.skip("integration test: set COMFYUI_PATH to a ComfyUI checkout (0.3.64, 0.8.0 or 0.33.0) to run it")
     if not (path / "comfy").is_dir():
         pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/ folder)")
     if str(path) not in sys.path:

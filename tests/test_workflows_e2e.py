@@ -4,11 +4,10 @@ Skipped without ``COMFYUI_PATH``. Run it with the ComfyUI install's Python (aioh
 
     COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/test_workflows_e2e.py
 
-``WAN_ACCEL_E2E_PORT`` fixes the port (default: a free one). The package must be linked into
-``$COMFYUI_PATH/custom_nodes``. Nothing is written into the checkout: the fixture models
-(``fixtures/build.py``), a test-only conditioning node, the input image and all outputs live in a
-temporary folder handed to ComfyUI with ``--extra-model-paths-config`` / ``--input-directory`` /
-``--output-directory``.
+``WAN_ACCEL_E2E_PORT`` fixes the port (default: a free one). Nothing is written into the checkout: the
+server's ``--base-directory`` is a temporary folder holding the fixture models (``fixtures/build.py``) in
+models/, this package (a link) and a test-only conditioning node in custom_nodes/, the input image and
+all outputs; ``WAN_ACCEL_E2E_KEEP=1`` keeps it.
 
 What the test changes in ``workflows/api/wan22_i2v_14B_4step_accel.api.json`` before submitting it, and why:
 
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support import comfy_server, headless_chromium, ws_messages
+from comfy_support import comfy_base_directory, comfy_server, headless_chromium, ws_messages
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "api" / "wan22_i2v_14B_4step_accel.api.json"
@@ -105,19 +104,13 @@ def e2e_prompt(api: dict, size: int = 64, length: int = 5) -> dict:
 
 @pytest.fixture(scope="module")
 def e2e_server(comfyui):
-    pytest.importorskip("websocket", reason="the e2e test needs websocket-client (in ComfyUI's venv)")
-    if not [p for p in (comfyui / "custom_nodes").iterdir() if p.resolve() == REPO]:
-        pytest.skip(f"link the package into {comfyui}/custom_nodes (e.g. custom_nodes/comfyui-wan-accel -> {REPO})")
-    work = Path(tempfile.mkdtemp(prefix="wan_accel_e2e_"))
-    for sub in ("output", "temp", "user", "input", "custom_nodes/wan_accel_test_cond"):
-        (work / sub).mkdir(parents=True)
-    (work / "custom_nodes/wan_accel_test_cond/__init__.py").write_text(TEST_NODE)
+    work = comfy_base_directory(Path(tempfile.mkdtemp(prefix="wan_accel_e2e_")))
+    (work / "custom_nodes" / "wan_accel_test_cond").mkdir()
+    (work / "custom_nodes" / "wan_accel_test_cond" / "__init__.py").write_text(TEST_NODE)
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     build = subprocess.run([python, str(REPO / "fixtures" / "build.py"), "--comfy", str(comfyui), "--out", str(work / "models")],
                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
-    (work / "extra_model_paths.yaml").write_text(
-        _yaml(work / "models", work / "custom_nodes"))
     from PIL import Image
     import numpy as np
 
@@ -125,21 +118,14 @@ def e2e_server(comfyui):
     Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(work / "input" / "wan_accel_start.png")
 
     port = int(os.environ.get("WAN_ACCEL_E2E_PORT") or 0) or None
-    extra = ["--extra-model-paths-config", str(work / "extra_model_paths.yaml"), "--input-directory", str(work / "input")]
     try:
-        with comfy_server(comfyui, work, extra, port=port, timeout=240) as srv:
+        with comfy_server(comfyui, work, port=port, timeout=240) as srv:
             yield srv
     finally:
         if os.environ.get("WAN_ACCEL_E2E_KEEP"):
             print(f"e2e work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _yaml(models: Path, custom_nodes: Path) -> str:
-    from wan_accel.fixtures.build import extra_model_paths_yaml
-
-    return extra_model_paths_yaml(models, custom_nodes)
 
 
 def _run(srv, prompt: dict, timeout: float = 900) -> tuple[str, list]:
@@ -242,11 +228,7 @@ def test_fixture_models_load_as_the_real_ones(comfyui):
     import comfy.utils
     import torch
 
-    sys.path.insert(0, str(REPO))
-    try:
-        from fixtures import build
-    finally:
-        sys.path.remove(str(REPO))
+    from wan_accel.fixtures import build
     sds = build.state_dicts(dim=256, layers=2, rank=4, dtype=torch.bfloat16)
     expert = sds[f"diffusion_models/{build.HIGH}"]
     config = comfy.model_detection.detect_unet_config(expert, "")
