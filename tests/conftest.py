@@ -2,12 +2,15 @@
 
 * The package is imported the way ComfyUI imports ``custom_nodes/<folder>``: by file, under a name
   (``wan_accel``), never by putting the repo root on ``sys.path`` (``tools/package_loader.py``).
+* The test dependencies (the ``test`` extra) must all be installed: a missing one fails the session at
+  once instead of skipping tests one by one.
 * ``COMFYUI_PATH`` points the integration tests at a ComfyUI checkout (fixture ``comfyui``).
 * Everything the tests and the processes they start write to the temporary folder goes into one folder
   per session; whatever a test leaves there fails the session, then the folder is removed.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -26,6 +29,11 @@ finally:
 
 load_wan_accel()
 
+# The `test` extra of pyproject.toml as {import name: distribution}; tests/test_packaging.py keeps the two equal.
+TEST_DEPENDENCIES = {"pytest": "pytest", "hypothesis": "hypothesis", "diffusers": "diffusers", "tqdm": "tqdm",
+                     "websocket": "websocket-client", "packaging": "packaging"}
+
+
 def _user() -> str:
     import getpass
     import re
@@ -36,6 +44,10 @@ def _user() -> str:
         return "unknown"
 
 
+def missing_test_dependencies() -> list[str]:
+    return [dist for module, dist in TEST_DEPENDENCIES.items() if importlib.util.find_spec(module) is None]
+
+
 # Before anything asks for the temporary folder: subprocesses (ComfyUI, chromium) inherit TMPDIR.
 # torch's compile cache stays where it was (it is a cache, kept between sessions, not a test's leftover).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{_user()}"))
@@ -44,6 +56,14 @@ os.environ["TMPDIR"] = str(SESSION_TMP)
 tempfile.tempdir = str(SESSION_TMP)
 # pytest's own tmp_path folders live in SESSION_TMP too and go with it
 PYTEST_TMP_PREFIX = "pytest-of-"
+
+
+def pytest_sessionstart(session):
+    missing = missing_test_dependencies()
+    if missing:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)  # pytest skips sessionfinish after an exit here
+        pytest.exit(f"test dependencies missing from {sys.executable}: {', '.join(missing)} "
+                    f"(install them: pip install -e '{REPO}[test]')", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def leftover_temp_files(folder: Path = SESSION_TMP) -> list[str]:

@@ -1,4 +1,5 @@
-"""The test harness itself: a leftover temporary file fails the session (tests/conftest.py), and the real-server helper runs ComfyUI on a base directory of its own with this
+"""The test harness itself: a missing test dependency or a leftover temporary file fails the session
+(tests/conftest.py), and the real-server helper runs ComfyUI on a base directory of its own with this
 package linked in, no hand-made link, and leaves nothing behind (tests/comfy_support.py)."""
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ def run_pytest(tmp_path: Path, test_source: str, before: str = "") -> subprocess
     env.pop("WAN_ACCEL_E2E_KEEP", None)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
+
+
+def test_a_missing_test_dependency_fails_the_session(tmp_path):
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    res = run_pytest(tmp_path, "def test_nothing():\n    pass\n", before="import sys; sys.modules['websocket'] = None")
+    out = res.stdout + res.stderr
+    assert res.returncode == 4, out
+    assert "websocket-client" in out and "pip install" in out, out
+    assert set(Path(tempfile.gettempdir()).iterdir()) == before, "its session folder is removed"
 
 
 def test_a_leftover_temporary_file_fails_the_session(tmp_path):
