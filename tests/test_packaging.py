@@ -1,4 +1,5 @@
-"""Packaging: the test extra holds what the tests import; ComfyUI's requirements the rest."""
+"""Packaging: the test extra holds what the tests import, and every extra installs beside each supported
+ComfyUI (its requirements.txt pins some of the same packages)."""
 from __future__ import annotations
 
 import ast
@@ -85,6 +86,33 @@ def comfyui_requirements(comfyui: Path) -> dict[str, SpecifierSet]:
             req = Requirement(line)
             out[canonicalize_name(req.name)] = req.specifier
     return out
+
+
+def conflicts(ours: SpecifierSet, theirs: SpecifierSet) -> bool:
+    """No version satisfies both (tried: every version either names, just after it, and a far one)."""
+    versions = {s.version for s in list(ours) + list(theirs)}
+    candidates = versions | {v + ".post1" for v in versions} | {"99999"}
+    return not any(ours.contains(v, prereleases=True) and theirs.contains(v, prereleases=True) for v in candidates)
+
+
+def test_conflict_check():
+    assert conflicts(SpecifierSet(">=0.2.40"), SpecifierSet("==0.2.31"))
+    assert conflicts(SpecifierSet(">=3"), SpecifierSet("<2"))
+    assert not conflicts(SpecifierSet(""), SpecifierSet("==0.2.31"))
+    assert not conflicts(SpecifierSet(">=0.2.3"), SpecifierSet("==0.2.31"))
+    assert not conflicts(SpecifierSet(">=1.6"), SpecifierSet(""))
+
+
+def test_extras_install_beside_this_comfyui(comfyui):
+    theirs = comfyui_requirements(comfyui)
+    bad = []
+    for extra, requirements in PYPROJECT["optional-dependencies"].items():
+        for r in list(requirements) + list(PYPROJECT["dependencies"]):
+            req = Requirement(r)
+            pinned = theirs.get(canonicalize_name(req.name))
+            if pinned is not None and conflicts(req.specifier, pinned):
+                bad.append(f"[{extra}] {r} conflicts with {req.name}{pinned} in {comfyui / 'requirements.txt'}")
+    assert not bad, "\n".join(bad)
 
 
 def test_comfyui_provides_what_its_tests_import(comfyui):
