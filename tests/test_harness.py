@@ -19,14 +19,16 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 
-def run_pytest(tmp_path: Path, test_source: str, before: str = "") -> subprocess.CompletedProcess:
-    """pytest in a subprocess on one test file, with this conftest as a plugin; ``before`` runs first."""
+def run_pytest(tmp_path: Path, test_source: str, before: str = "", args=()) -> subprocess.CompletedProcess:
+    """pytest in a subprocess on one test file, with this conftest as a plugin, without COMFYUI_PATH;
+    ``before`` runs first."""
     (tmp_path / "test_probe.py").write_text(test_source)
     code = (f"{before}\nimport sys, pytest\n"
             f"sys.exit(pytest.main(['-q', '-p', 'conftest', '-p', 'no:cacheprovider', '--rootdir', {str(tmp_path)!r}, "
-            f"{str(tmp_path / 'test_probe.py')!r}]))")
+            f"*{list(args)!r}, {str(tmp_path / 'test_probe.py')!r}]))")
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     env.pop("WAN_ACCEL_E2E_KEEP", None)
+    env.pop("COMFYUI_PATH", None)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
 
@@ -56,6 +58,32 @@ def test_a_clean_session_passes_and_removes_its_folder(tmp_path):
                                "    shutil.rmtree(tempfile.mkdtemp(prefix='wan_accel_x_'))\n")
     assert res.returncode == 0, res.stdout + res.stderr
     assert set(Path(tempfile.gettempdir()).iterdir()) == before
+
+
+def junit_counts(xml: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / ".ci" / "junit_counts.py"), str(xml), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ci_fails_a_comfyui_suite_whose_integration_tests_skip(tmp_path):
+    """.ci/run's counts: an integration test (one using the comfyui fixture) that skips fails a ComfyUI
+    suite unless the reason names chromium; other skips (GPU-only tests) are only counted."""
+    res = run_pytest(tmp_path, "import pytest\n\n"
+                               "def test_integration(comfyui):\n    pass\n\n"
+                               "def test_gpu_only():\n    pytest.skip('needs CUDA')\n\n"
+                               "def test_engine():\n    pass\n",
+                     args=["--junitxml", str(tmp_path / "r.xml")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    plain = junit_counts(tmp_path / "r.xml")
+    assert plain.returncode == 0 and plain.stdout.startswith("1 passed, 0 failed, 0 errors, 2 skipped"), plain.stdout
+    suite = junit_counts(tmp_path / "r.xml", "--comfyui", "chromium")
+    assert suite.returncode == 1, suite.stdout
+    assert "test_integration" in suite.stdout and "COMFYUI_PATH" in suite.stdout and "test_gpu_only" not in suite.stdout
+    xml = (tmp_path / "r.xml").read_text()
+    (tmp_path / "c.xml").write_text(xml.replace("set COMFYUI_PATH", "install Debian's chromium; set COMFYUI_PATH"))
+    only_browser = junit_counts(tmp_path / "c.xml", "--comfyui", "chromium")
+    assert only_browser.returncode == 1 and "0 integration tests passed" in only_browser.stdout, only_browser.stdout
+    assert junit_counts(tmp_path / "missing.xml").returncode == 1
 
 
 def test_server_loads_the_package_from_its_own_base_directory(comfyui):
