@@ -64,44 +64,74 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def comfy_server(comfyui: Path, work: Path, extra_args=(), port: int | None = None, timeout: float = 180):
-    """A real ``main.py --cpu`` server with its folders under ``work``, up until the block ends.
+PACKAGE_FOLDER = "comfyui-wan-accel"  # the folder name users clone into custom_nodes/
 
-    Yields {"base", "port", "work", "proc"}; fails the test with the server log's tail if it
-    exits or does not answer ``/wan_accel/telemetry`` within ``timeout`` seconds.
+
+def comfy_base_directory(work: Path) -> Path:
+    """Make ``work`` a ComfyUI base directory (``--base-directory``: models, custom_nodes, input, output,
+    temp, user) whose custom_nodes/ holds a link to this repo, as a user's install has it; returns ``work``."""
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    link = work / "custom_nodes" / PACKAGE_FOLDER
+    if not link.is_symlink():
+        link.symlink_to(REPO, target_is_directory=True)
+    return work
+
+
+@contextlib.contextmanager
+def comfy_server(comfyui: Path, work: Path | None = None, extra_args=(), port: int | None = None,
+                 timeout: float = 180):
+    """A real ``main.py --cpu`` server whose base directory is ``work``, up until the block ends.
+
+    ``work`` becomes a base directory (``comfy_base_directory``: this package linked into its custom_nodes/;
+    models/ and custom_nodes/ may be filled before); ComfyUI's own models/, custom_nodes/ and output/ are
+    not used, so nothing is written into the checkout. Without ``work`` a temporary folder is made and
+    removed afterwards. Yields {"base", "port", "work", "proc"}; fails the test with the server log's tail
+    if the server exits, does not answer within ``timeout`` seconds, or runs without this package.
     """
     import os
+    import shutil
     import subprocess
     import sys
+    import tempfile
     import time
     import urllib.error
     import urllib.request
 
     import pytest
 
+    own = work is None
+    work = comfy_base_directory(Path(tempfile.mkdtemp(prefix="wan_accel_server_")) if own else work)
     port = port or free_port()
-    for sub in ("output", "temp", "user"):
-        (work / sub).mkdir(exist_ok=True)
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--output-directory", str(work / "output"), "--temp-directory", str(work / "temp"),
-           "--user-directory", str(work / "user"), *extra_args]
-    log = open(work / "server.log", "w")
+           "--base-directory", str(work), *extra_args]
+    if "--database-url" in (comfyui / "comfy" / "cli_args.py").read_text(encoding="utf-8"):
+        # its default is a file inside the checkout, whatever --base-directory says
+        cmd += ["--database-url", f"sqlite:///{work / 'user' / 'comfyui.db'}"]
+    log_path = work / "server.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+
+    def fail(why: str):
+        pytest.fail(f"{why}:\n" + log_path.read_text()[-3000:])
+
     try:
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail("ComfyUI exited:\n" + (work / "server.log").read_text()[-3000:])
+                fail("ComfyUI exited")
             try:
-                urllib.request.urlopen(base + "/wan_accel/telemetry", timeout=2).read()
+                with urllib.request.urlopen(base + "/object_info/WanAccelVAEDecode", timeout=5) as res:
+                    ours = res.read()
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.time() > deadline:
-                    pytest.fail("ComfyUI did not come up:\n" + (work / "server.log").read_text()[-3000:])
+                    fail("ComfyUI did not come up")
                 time.sleep(0.5)
+        if b"WanAccelVAEDecode" not in ours:
+            fail(f"ComfyUI started without this package (custom_nodes/{PACKAGE_FOLDER})")
         yield {"base": base, "port": port, "work": work, "proc": proc}
     finally:
         proc.terminate()
@@ -111,6 +141,8 @@ def comfy_server(comfyui: Path, work: Path, extra_args=(), port: int | None = No
             proc.kill()
             proc.wait()
         log.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class CDP:
@@ -173,12 +205,14 @@ def headless_chromium(skip_reason: str):
     if exe is None:
         pytest.skip(skip_reason + ": install Debian's chromium (or set CHROMIUM)")
     port = free_port()
-    profile = tempfile.mkdtemp(prefix="wan_accel_chromium_")
+    # chromium leaves org.chromium.Chromium.* folders in its temporary folder: give it one that goes with the profile
+    profile = Path(tempfile.mkdtemp(prefix="wan_accel_chromium_"))
+    (profile / "tmp").mkdir()
     proc = subprocess.Popen([
         exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile / 'user'}",
         f"--remote-debugging-port={port}", "--window-size=1600,1000", "about:blank",
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(profile / "tmp")})
     try:
         deadline = time.time() + 30
         while True:

@@ -1,37 +1,103 @@
-"""Import the package the way ComfyUI does, never by putting the repo root on sys.path.
+"""Test session set-up.
 
-ComfyUI loads ``custom_nodes/<folder>/__init__.py`` with importlib under a path-like module
-name; pip installs the same tree as ``wan_accel``. When ``wan_accel`` is not installed we load
-the repo root under that name with the same importlib call ComfyUI uses.
+* The package is imported the way ComfyUI imports ``custom_nodes/<folder>``: by file, under a name
+  (``wan_accel``), never by putting the repo root on ``sys.path`` (``tools/package_loader.py``).
+* The test dependencies (the ``test`` extra) must all be installed: a missing one fails the session at
+  once instead of skipping tests one by one.
+* ``COMFYUI_PATH`` points the integration tests at a ComfyUI checkout (fixture ``comfyui``).
+* Everything the tests and the processes they start write to the temporary folder goes into one folder
+  per session; whatever a test leaves there fails the session, then the folder is removed.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+sys.path.insert(0, str(REPO / "tools"))
+try:
+    from package_loader import load_wan_accel
+finally:
+    sys.path.remove(str(REPO / "tools"))
 
-def _load_repo_as_wan_accel() -> None:
-    if "wan_accel" in sys.modules:
-        return
+load_wan_accel()
+
+# The `test` extra of pyproject.toml as {import name: distribution}; tests/test_packaging.py keeps the two equal.
+TEST_DEPENDENCIES = {"pytest": "pytest", "hypothesis": "hypothesis", "diffusers": "diffusers", "tqdm": "tqdm",
+                     "websocket": "websocket-client", "packaging": "packaging"}
+
+
+def _user() -> str:
+    import getpass
+    import re
+
     try:
-        spec = importlib.util.find_spec("wan_accel")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
+        return re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())  # as torch names its default cache folder
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def missing_test_dependencies() -> list[str]:
+    return [dist for module, dist in TEST_DEPENDENCIES.items() if importlib.util.find_spec(module) is None]
+
+
+# Before anything asks for the temporary folder: subprocesses (ComfyUI, chromium) inherit TMPDIR.
+# torch's compile cache stays where it was (it is a cache, kept between sessions, not a test's leftover).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{_user()}"))
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="wan_accel_tests_"))
+os.environ["TMPDIR"] = str(SESSION_TMP)
+tempfile.tempdir = str(SESSION_TMP)
+# pytest's own tmp_path folders live in SESSION_TMP too and go with it
+PYTEST_TMP_PREFIX = "pytest-of-"
+
+
+def pytest_sessionstart(session):
+    missing = missing_test_dependencies()
+    if missing:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)  # pytest skips sessionfinish after an exit here
+        pytest.exit(f"test dependencies missing from {sys.executable}: {', '.join(missing)} "
+                    f"(install them: pip install -e '{REPO}[test]')", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def leftover_temp_files(folder: Path = SESSION_TMP) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(PYTEST_TMP_PREFIX))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not SESSION_TMP.is_dir():
         return
-    spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wan_accel"] = module
-    spec.loader.exec_module(module)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str, **markup) -> None:
+        if reporter is not None:
+            reporter.write_line(line, **markup)
+        else:
+            print(line, file=sys.stderr)
+
+    leftovers = leftover_temp_files()
+    keep = bool(os.environ.get("WAN_ACCEL_E2E_KEEP"))
+    if leftovers and not keep:
+        say(f"ERROR: tests left files in the temporary folder {SESSION_TMP}: {', '.join(leftovers)}", red=True)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if leftovers or keep:
+        say(f"temporary folder kept: {SESSION_TMP}")
+    else:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
-_load_repo_as_wan_accel()
+def pytest_collection_modifyitems(items):
+    # CI (.ci/junit_counts.py) holds these to running, not skipping, when it runs against ComfyUI
+    for item in items:
+        if "comfyui" in getattr(item, "fixturenames", ()):
+            item.user_properties.append(("uses_comfyui", "yes"))
 
 
 def comfyui_path() -> Path | None:
@@ -44,7 +110,7 @@ def comfyui():
     """A ComfyUI checkout on sys.path, or a skip that says how to get one."""
     path = comfyui_path()
     if path is None:
-        pytest.skip("integration test: set COMFYUI_PATH to a ComfyUI checkout (0.3.64 or 0.8.0) to run it")
+        pytest.skip("integration test: set COMFYUI_PATH to a ComfyUI checkout (0.3.64, 0.8.0 or 0.33.0) to run it")
     if not (path / "comfy").is_dir():
         pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/ folder)")
     if str(path) not in sys.path:

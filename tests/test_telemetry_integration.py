@@ -4,8 +4,8 @@ Run it with the ComfyUI install's Python (it has aiohttp, websocket-client and t
 
     COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/test_telemetry_integration.py
 
-``COMFYUI_PYTHON`` picks another interpreter for the server (default: this one). The package must be
-in ``$COMFYUI_PATH/custom_nodes`` (a symlink to the repo is fine). The browser test needs Debian's
+``COMFYUI_PYTHON`` picks another interpreter for the server (default: this one). The server runs with a
+temporary ``--base-directory`` whose custom_nodes/ links this repo. The browser test needs Debian's
 ``chromium`` (or ``CHROMIUM``); ``WAN_ACCEL_SCREENSHOT=path.png`` keeps its screenshot.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,12 +47,7 @@ def _post_json(url: str, payload: dict):
 
 @pytest.fixture(scope="module")
 def server(comfyui):
-    pytest.importorskip("websocket", reason="integration test needs websocket-client (in ComfyUI's venv)")
-    linked = [p for p in (comfyui / "custom_nodes").iterdir() if p.resolve() == REPO]
-    if not linked:
-        pytest.skip(f"link the package into {comfyui}/custom_nodes (e.g. custom_nodes/comfyui-wan-accel -> {REPO})")
-    work = Path(tempfile.mkdtemp(prefix="wan_accel_it_"))
-    with comfy_server(comfyui, work) as srv:
+    with comfy_server(comfyui) as srv:
         yield srv
 
 

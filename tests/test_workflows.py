@@ -1,9 +1,10 @@
 """The shipped workflows: valid JSON, known node types, widget values that fit the inputs, UI and API agree.
 
 Runs in CI (no ComfyUI): our nodes' inputs come from our own declarations (``define_schema`` executed
-against a stand-in of ``comfy_api.latest.io`` in a subprocess), the core nodes' from ``CORE`` below, a
-snapshot of ComfyUI 0.3.64 / 0.8.0. With ``COMFYUI_PATH`` set, the snapshot, the stand-in and every
-widget value (combo options, ranges) are checked against the real ComfyUI as well.
+against a stand-in of ``comfy_api.latest.io`` in a subprocess), the core nodes' from ``CORE`` below: what
+our graphs rely on of each core node, which every supported ComfyUI (0.3.64, 0.8.0, 0.33.0) must hold.
+With ``COMFYUI_PATH`` set, ``CORE``, the stand-in and every widget value (combo options, ranges) are
+checked against the real ComfyUI as well.
 
 The UI -> API conversion here is written independently of ``workflows/generate.py``: widget order comes
 from the nodes' inputs, not from the generator's catalog.
@@ -30,6 +31,8 @@ SEED_CONTROL = ("fixed", "increment", "decrement", "randomize")
 
 # Core nodes the workflows use: inputs in order as (name, kind, flags), outputs as (name, type).
 # flags: o = optional, c = control_after_generate widget follows, u = image upload widget follows.
+# What the graphs rely on, not a copy of one version: ComfyUI may add optional inputs after these and
+# outputs after these (0.33.0: CreateVideo.bit_depth, SaveVideo's VIDEO output); see core_contract_breaks.
 CORE = {
     "UNETLoader": ([("unet_name", "COMBO", ""), ("weight_dtype", "COMBO", "")], [("MODEL", "MODEL")]),
     "CLIPLoader": ([("clip_name", "COMBO", ""), ("type", "COMBO", ""), ("device", "COMBO", "o")], [("CLIP", "CLIP")]),
@@ -75,7 +78,7 @@ MODEL_FILES = {
 }
 
 _SCHEMA_SCRIPT = textwrap.dedent('''
-    import importlib, importlib.util, json, sys, types
+    import importlib, json, sys, types
     repo = sys.argv[1]
 
     class Kind:
@@ -111,10 +114,9 @@ _SCHEMA_SCRIPT = textwrap.dedent('''
         sys.modules[name] = mod
     sys.modules["comfy"].model_management = sys.modules["comfy.model_management"]
     sys.modules["comfy"].utils = sys.modules["comfy.utils"]
-    spec = importlib.util.spec_from_file_location("wan_accel", repo + "/__init__.py")
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["wan_accel"] = pkg
-    spec.loader.exec_module(pkg)
+    sys.path.insert(0, repo + "/tools")
+    from package_loader import load_wan_accel
+    load_wan_accel()
     out = {}
     for mod in ("vae_nodes", "attention_nodes", "telemetry_nodes"):
         m = importlib.import_module("wan_accel.nodes." + mod)
@@ -399,7 +401,30 @@ def test_two_pass_schedule():
         assert fps == [16.0]
 
 
+def test_core_contract_check_accepts_what_our_graphs_survive_and_names_what_breaks_them():
+    ins, outs = CORE["CreateVideo"]
+    assert core_contract_breaks("CreateVideo", ins, outs) == []
+    assert core_contract_breaks("CreateVideo", ins + [("bit_depth", "INT", "o")], outs + [("X", "X")]) == []
+    save_ins, _ = CORE["SaveVideo"]  # 0.33.0: codec became optional (hidden), SaveVideo got an output
+    assert core_contract_breaks("SaveVideo", save_ins[:3] + [("codec", "COMBO", "o")], [("video", "VIDEO")]) == []
+
+    def breaks(node_type, ins=None, outs=None):
+        return core_contract_breaks(node_type, CORE[node_type][0] if ins is None else ins,
+                                    CORE[node_type][1] if outs is None else outs)
+
+    assert breaks("CreateVideo", [ins[0], ("bit_depth", "INT", "o"), *ins[1:]])  # shifts our widget values
+    assert breaks("CreateVideo", ins + [("bit_depth", "INT", "")])  # a new required input
+    assert breaks("CreateVideo", [(n, "STRING" if n == "fps" else k, f) for n, k, f in ins])
+    assert breaks("CreateVideo", ins[:2])
+    assert breaks("CLIPLoader", [(n, k, "") for n, k, _ in CORE["CLIPLoader"][0]])  # our graphs leave device out
+    assert breaks("KSamplerAdvanced", [(n, k, f.replace("c", "")) for n, k, f in CORE["KSamplerAdvanced"][0]])
+    assert breaks("LoadImage", outs=[("MASK", "MASK"), ("IMAGE", "IMAGE")])
+
+
 # --------------------------------------------------------------------- against a real ComfyUI
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # 0.33.0: a combo whose options carry sub-inputs (SaveVideo.format)
+
+
 def _live_inputs(cls) -> list[tuple[str, str, str, dict]]:
     it = cls.INPUT_TYPES()
     out = []
@@ -410,10 +435,49 @@ def _live_inputs(cls) -> list[tuple[str, str, str, dict]]:
                 opts = {**opts, "options": list(typ)}
                 typ = "COMBO"
             typ = getattr(typ, "value", typ)
+            if typ == DYNAMIC_COMBO:  # a combo to the graph: one value out of the options' keys
+                opts = {**opts, "options": [o["key"] for o in opts.get("options", [])]}
+                typ = "COMBO"
             flags = ("o" if section == "optional" else "") + ("c" if opts.get("control_after_generate") else "") + \
                     ("u" if opts.get("image_upload") else "")
             out.append((name, str(typ), flags, opts))
     return out
+
+
+def _live_outputs(cls) -> list[tuple[str, str]]:
+    types = [getattr(t, "value", t) for t in cls.RETURN_TYPES]
+    names = list(getattr(cls, "RETURN_NAMES", None) or types)
+    return list(zip(names, types))
+
+
+def core_contract_breaks(node_type: str, live_ins: list[tuple[str, str, str]], live_outs: list[tuple[str, str]]) -> list[str]:
+    """Where a ComfyUI's node no longer gives what ``CORE`` says our graphs rely on; [] when it does.
+
+    Holds: our inputs first, in our order, with our kinds (widgets_values are positional) and the
+    control/upload widgets that shift them; an input optional to us is optional there (our graphs may
+    leave it out; one required to us may be optional there, we always give it); anything after ours is
+    optional (a default fills it); our outputs first, in order (links name output slots by index).
+    """
+    ins, outs = CORE[node_type]
+    breaks = []
+    head = live_ins[:len(ins)]
+    for want, got in zip(ins, head):
+        (name, kind, flags), (lname, lkind, lflags) = want, got
+        if (name, kind) != (lname, lkind):
+            breaks.append(f"input {name} {kind} is {lname} {lkind} there")
+        for flag in "cu":
+            if (flag in flags) != (flag in lflags):
+                breaks.append(f"input {name}: flags {flags!r} are {lflags!r} there")
+        if "o" in flags and "o" not in lflags:
+            breaks.append(f"input {name} is optional to our graphs but required there")
+    if len(head) < len(ins):
+        breaks.append(f"inputs {[i[0] for i in ins[len(head):]]} are gone")
+    for name, _, lflags in live_ins[len(ins):]:
+        if "o" not in lflags:
+            breaks.append(f"new required input {name} (our graphs do not give it)")
+    if live_outs[:len(outs)] != outs:
+        breaks.append(f"outputs {live_outs} do not start with {outs}")
+    return [f"{node_type}: {b}" for b in breaks]
 
 
 @pytest.fixture(scope="module")
@@ -428,14 +492,12 @@ def live_nodes(comfyui):
     return load_our_nodes()
 
 
-def test_snapshot_matches_live_comfyui(live_nodes):
-    for node_type, (ins, outs) in CORE.items():
+def test_core_contract_holds_in_live_comfyui(live_nodes):
+    breaks = []
+    for node_type in CORE:
         cls = live_nodes[node_type]
-        live = [(n, k, f) for n, k, f, _ in _live_inputs(cls)]
-        assert live == ins, f"{node_type}: CORE snapshot differs from this ComfyUI"
-        types = [getattr(t, "value", t) for t in cls.RETURN_TYPES]
-        names = list(getattr(cls, "RETURN_NAMES", None) or types)
-        assert list(zip(names, types)) == outs, node_type
+        breaks += core_contract_breaks(node_type, [(n, k, f) for n, k, f, _ in _live_inputs(cls)], _live_outputs(cls))
+    assert not breaks, "\n".join(breaks)
 
 
 def test_our_declarations_match_live(live_nodes):

@@ -1,0 +1,109 @@
+"""The test harness itself: a missing test dependency or a leftover temporary file fails the session
+(tests/conftest.py), and the real-server helper runs ComfyUI on a base directory of its own with this
+package linked in, no hand-made link, and leaves nothing behind (tests/comfy_support.py)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from comfy_support import PACKAGE_FOLDER, comfy_server
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+def run_pytest(tmp_path: Path, test_source: str, before: str = "", args=()) -> subprocess.CompletedProcess:
+    """pytest in a subprocess on one test file, with this conftest as a plugin, without COMFYUI_PATH;
+    ``before`` runs first."""
+    (tmp_path / "test_probe.py").write_text(test_source)
+    code = (f"{before}\nimport sys, pytest\n"
+            f"sys.exit(pytest.main(['-q', '-p', 'conftest', '-p', 'no:cacheprovider', '--rootdir', {str(tmp_path)!r}, "
+            f"*{list(args)!r}, {str(tmp_path / 'test_probe.py')!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env.pop("WAN_ACCEL_E2E_KEEP", None)
+    env.pop("COMFYUI_PATH", None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+
+
+def test_a_missing_test_dependency_fails_the_session(tmp_path):
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    res = run_pytest(tmp_path, "def test_nothing():\n    pass\n", before="import sys; sys.modules['websocket'] = None")
+    out = res.stdout + res.stderr
+    assert res.returncode == 4, out
+    assert "websocket-client" in out and "pip install" in out, out
+    assert set(Path(tempfile.gettempdir()).iterdir()) == before, "its session folder is removed"
+
+
+def test_a_leftover_temporary_file_fails_the_session(tmp_path):
+    res = run_pytest(tmp_path, "import tempfile\n\ndef test_leaks():\n    tempfile.mkdtemp(prefix='wan_accel_leak_')\n")
+    out = res.stdout + res.stderr
+    kept = re.search(r"temporary folder kept: (\S+)", out)
+    if kept:
+        shutil.rmtree(kept.group(1), ignore_errors=True)
+    assert res.returncode == 1 and "tests left files" in out and "wan_accel_leak_" in out, out
+    assert kept, out
+
+
+def test_a_clean_session_passes_and_removes_its_folder(tmp_path):
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    res = run_pytest(tmp_path, "import tempfile, shutil\n\ndef test_cleans(tmp_path):\n"
+                               "    shutil.rmtree(tempfile.mkdtemp(prefix='wan_accel_x_'))\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert set(Path(tempfile.gettempdir()).iterdir()) == before
+
+
+def junit_counts(xml: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / ".ci" / "junit_counts.py"), str(xml), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ci_fails_a_comfyui_suite_whose_integration_tests_skip(tmp_path):
+    """.ci/run's counts: an integration test (one using the comfyui fixture) that skips fails a ComfyUI
+    suite unless the reason names chromium; other skips (GPU-only tests) are only counted."""
+    res = run_pytest(tmp_path, "import pytest\n\n"
+                               "def test_integration(comfyui):\n    pass\n\n"
+                               "def test_gpu_only():\n    pytest.skip('needs CUDA')\n\n"
+                               "def test_engine():\n    pass\n",
+                     args=["--junitxml", str(tmp_path / "r.xml")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    plain = junit_counts(tmp_path / "r.xml")
+    assert plain.returncode == 0 and plain.stdout.startswith("1 passed, 0 failed, 0 errors, 2 skipped"), plain.stdout
+    suite = junit_counts(tmp_path / "r.xml", "--comfyui", "chromium")
+    assert suite.returncode == 1, suite.stdout
+    assert "test_integration" in suite.stdout and "COMFYUI_PATH" in suite.stdout and "test_gpu_only" not in suite.stdout
+    xml = (tmp_path / "r.xml").read_text()
+    (tmp_path / "c.xml").write_text(xml.replace("set COMFYUI_PATH", "install Debian's chromium; set COMFYUI_PATH"))
+    only_browser = junit_counts(tmp_path / "c.xml", "--comfyui", "chromium")
+    assert only_browser.returncode == 1 and "0 integration tests passed" in only_browser.stdout, only_browser.stdout
+    assert junit_counts(tmp_path / "missing.xml").returncode == 1
+
+
+def test_server_loads_the_package_from_its_own_base_directory(comfyui):
+    """``main.py --cpu`` with a temporary base directory: the package loads from its custom_nodes/ link
+    with no error in the log, ComfyUI's checkout is not written to, the folder goes afterwards."""
+    def tree(root: Path) -> dict:
+        return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+    checkout = tree(comfyui)
+    with comfy_server(comfyui) as srv:
+        work, proc = srv["work"], srv["proc"]
+        assert (work / "custom_nodes" / PACKAGE_FOLDER).resolve() == REPO
+        with urllib.request.urlopen(srv["base"] + "/object_info", timeout=30) as res:
+            info = json.loads(res.read())
+        assert {"WanAccelVAEPatch", "WanAccelVAEDecode", "WanAccelVAEEncode", "WanAccelAttention"} <= set(info)
+        log = (work / "server.log").read_text()
+    assert proc.poll() is not None
+    assert not work.exists()
+    assert "wan_accel telemetry on" in log, log[-3000:]
+    errors = [line for line in log.splitlines()
+              if re.search(r"IMPORT FAILED|Traceback|\[ERROR\]|Failed to|setup failed|Cannot import", line)]
+    assert not errors, "\n".join(errors)
+    assert tree(comfyui) == checkout, "the server wrote into the ComfyUI checkout"
