@@ -125,6 +125,32 @@ class CudaProbe(NullProbe):
         return start.elapsed_time(stop) / 1000.0
 
 
+def resolve_gpu_times(probe: NullProbe, waiting: list, block: bool,
+                      report: Callable[[str, BaseException], None]) -> list:
+    """Add the GPU seconds of every finished event pair to its node; the nodes still waiting come back.
+
+    ``waiting``: nodes with ``gpu_pending`` event pairs and a ``gpu_s`` sum. ``block`` waits for the
+    rest (only ever after the prompt).
+    """
+    left_over = []
+    for node in waiting:
+        left = []
+        for pending in node.gpu_pending:
+            try:
+                secs = probe.resolve(pending, block=block)
+            except Exception as exc:
+                report("reading CUDA events", exc)
+                secs = 0.0
+            if secs is None:
+                left.append(pending)
+            else:
+                node.gpu_s += secs
+        node.gpu_pending = left
+        if left:
+            left_over.append(node)
+    return left_over
+
+
 def default_probe() -> NullProbe:
     """A CUDA probe when torch has already initialised CUDA, else the CPU probe.
 

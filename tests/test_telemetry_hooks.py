@@ -13,7 +13,8 @@ import types
 
 import pytest
 
-from wan_accel.nodes import telemetry_nodes as tn
+from wan_accel.nodes import telemetry_hooks as th
+from wan_accel.nodes import telemetry_server as ts
 from wan_accel.telemetry.probes import MB, NullProbe
 from wan_accel.telemetry.recorder import Recorder
 
@@ -175,22 +176,27 @@ def fake_comfy(monkeypatch):
     for name, mod in {"comfy_execution": pkg, "comfy_execution.progress": progress, "comfy": comfy,
                       "comfy.model_management": mm, "execution": execution, "server": server_mod}.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(tn.STATE, "client_id", None)
-    tn._MM.clear()
+    monkeypatch.setattr(th.LOADED_MODELS, "mm", None)
     yield types.SimpleNamespace(progress=progress, mm=mm, execution=execution, server=server)
-    tn.uninstall_hooks()
-    tn._MM.clear()
+    th.uninstall_hooks()
 
 
 def _recorder():
-    return Recorder(probe=NullProbe(rss=lambda: 10 * MB), models=tn.loaded_models_snapshot, on_event=tn._send)
+    events = ts.LiveEvents()
+    rec = Recorder(probe=NullProbe(rss=lambda: 10 * MB), models=th.loaded_models_snapshot, on_event=events.send)
+    rec.live_events = events
+    return rec
+
+
+def _install(rec):
+    return th.install_hooks(rec, on_prompt=rec.live_events.prompt_started)
 
 
 def test_hooks_record_every_node_and_restore(fake_comfy):
     orig_init = fake_comfy.progress.ProgressRegistry.__init__
     orig_run = fake_comfy.execution.PromptExecutor.execute_async
     rec = _recorder()
-    ok, reason = tn.install_hooks(rec)
+    ok, reason = _install(rec)
     assert ok, reason
     assert "load_models_gpu" in reason
     wan = Patcher("WAN21", 16 * GB)
@@ -213,14 +219,14 @@ def test_hooks_record_every_node_and_restore(fake_comfy):
     assert ("wan_accel.telemetry.run_start", "c1") in events and ("wan_accel.telemetry.run", "c1") in events
     assert sum(1 for e, _ in events if e == "wan_accel.telemetry.node") == 4
 
-    tn.uninstall_hooks()
+    th.uninstall_hooks()
     assert fake_comfy.progress.ProgressRegistry.__init__ is orig_init
     assert fake_comfy.execution.PromptExecutor.execute_async is orig_run
 
 
 def test_api_run_without_client_id_only_announces_the_saved_run(fake_comfy):
     rec = _recorder()
-    assert tn.install_hooks(rec)[0]
+    assert _install(rec)[0]
     ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
     asyncio.run(ex.execute_async({"1": {"class_type": "EmptyImage"}}, "pid-2", {}, ["1"]))
     assert rec.last_run["nodes"][0]["status"] == "ok"  # recorded with no client id
@@ -229,7 +235,7 @@ def test_api_run_without_client_id_only_announces_the_saved_run(fake_comfy):
 
 def test_failing_node_recorded_as_error(fake_comfy):
     rec = _recorder()
-    assert tn.install_hooks(rec)[0]
+    assert _install(rec)[0]
     ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
     prompt = {"1": {"class_type": "EmptyImage"}, "2": {"class_type": "Fail"}, "3": {"class_type": "SaveImage"}}
     asyncio.run(ex.execute_async(prompt, "pid-3", {}, ["3"]))
@@ -242,7 +248,7 @@ def test_failing_node_recorded_as_error(fake_comfy):
 
 def test_telemetry_failures_never_fail_the_prompt(fake_comfy, monkeypatch):
     rec = _recorder()
-    assert tn.install_hooks(rec)[0]
+    assert _install(rec)[0]
 
     def boom(*a, **k):
         raise RuntimeError("telemetry bug")
@@ -257,7 +263,7 @@ def test_telemetry_failures_never_fail_the_prompt(fake_comfy, monkeypatch):
 
 def test_broken_executor_still_closes_the_run(fake_comfy):
     rec = _recorder()
-    assert tn.install_hooks(rec)[0]
+    assert _install(rec)[0]
     ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
     with pytest.raises(KeyError):
         asyncio.run(ex.execute_async({"1": {}}, "pid-5", {}, ["1"]))  # no class_type: the fake raises
@@ -267,7 +273,7 @@ def test_broken_executor_still_closes_the_run(fake_comfy):
 def test_missing_hook_turns_telemetry_off_and_patches_nothing(fake_comfy, monkeypatch):
     monkeypatch.delattr(fake_comfy.progress, "ProgressRegistry")
     orig_run = fake_comfy.execution.PromptExecutor.execute_async
-    ok, reason = tn.install_hooks(_recorder())
+    ok, reason = _install(_recorder())
     assert not ok and "ProgressRegistry" in reason
     assert fake_comfy.execution.PromptExecutor.execute_async is orig_run
 
@@ -277,19 +283,20 @@ def test_setup_logs_one_line_when_hooks_are_missing(fake_comfy, monkeypatch, cap
     folder_paths = types.ModuleType("folder_paths")
     folder_paths.get_output_directory = lambda: str(tmp_path)
     monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
-    monkeypatch.setattr(tn, "install_routes", lambda store: None)  # aiohttp is not a CI dependency
+    monkeypatch.setattr(ts, "install_routes", lambda service: None)  # aiohttp is not a CI dependency
+    monkeypatch.setattr(ts, "SERVICE", None)
     with caplog.at_level("INFO", logger="wan_accel.telemetry"):
-        tn.setup()
+        ts.setup()
     lines = [r for r in caplog.records if r.name == "wan_accel.telemetry"]
     assert len(lines) == 1 and "telemetry off" in lines[0].getMessage()
-    assert tn.STATE["enabled"] is False
+    assert ts.SERVICE.enabled is False and ts.SERVICE.status()["enabled"] is False
 
 
 def test_log_watch_flags_oom_retries(fake_comfy):
     import logging
 
     rec = _recorder()
-    assert tn.install_hooks(rec)[0]
+    assert _install(rec)[0]
     rec.begin_run("pid-6")
     rec.node_start("8", "VAEDecode")
     logging.getLogger().warning("Warning: Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding.")

@@ -1,0 +1,218 @@
+"""The run record's format: pure functions from the recorder's :class:`~.node_state.NodeState` to dicts.
+
+Nothing here reads a clock, a probe or a file: the same inputs render the same record, so the
+format is tested without running anything.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .node_state import NodeState
+from .probes import MB
+
+SCHEMA = 1
+
+ModelInfo = dict  # {"name": str, "size": int bytes, "loaded": int bytes}
+
+
+def mb(value: int | float | None) -> float | None:
+    return None if value is None else round(value / MB, 1)
+
+
+def clean_event(event: dict) -> dict:
+    """An engine event made JSON-safe: tuples and objects become strings, nested dicts one level deep."""
+    out = {}
+    for key, value in event.items():
+        if key == "seconds" and isinstance(value, float):
+            value = round(value, 6)
+        elif isinstance(value, dict):
+            value = {str(k): v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in value.items()}
+        elif not isinstance(value, (str, int, float, bool, type(None))):
+            value = str(value) if not isinstance(value, (list, tuple)) else [str(v) for v in value]
+        out[key] = value
+    return out
+
+
+def model_entry(m: ModelInfo) -> dict:
+    size = m.get("size") or 0
+    loaded = m.get("loaded") or 0
+    entry = {"name": m.get("name") or "model", "size_mb": mb(size), "loaded_mb": mb(loaded)}
+    if size and loaded < size - MB:
+        entry["offloaded_mb"] = mb(size - loaded)
+    return entry
+
+
+def oom_retries(node: NodeState) -> int:
+    return sum(1 for n in node.notes if "oom" in str(n.get("name", "")).lower())
+
+
+def steps(node: NodeState) -> dict | None:
+    """Per-step seconds from progress updates: ``value`` counts steps done of ``max``."""
+    if len(node.progress) < 1:
+        return None
+    anchor = node.first_start
+    if node.load_end is not None and node.load_end < node.progress[0][0]:
+        anchor = max(anchor, node.load_end)
+    prev_t, prev_v = anchor, 0.0
+    times: list[float] = []
+    total = node.progress[-1][2]
+    for t, value, max_value in node.progress:
+        if value < prev_v:  # a new progress bar inside the same node restarts its count
+            prev_v = 0.0
+        done = value - prev_v
+        if done <= 0:
+            prev_t = t
+            continue
+        per = (t - prev_t) / done
+        times.extend([round(per, 6)] * int(round(done)) if done >= 1 else [round(t - prev_t, 6)])
+        prev_t, prev_v = t, value
+    if not times:
+        return None
+    return {
+        "count": len(times),
+        "total": total,
+        "seconds": times[:1000],
+        "mean_s": round(sum(times) / len(times), 6),
+        "max_s": max(times),
+    }
+
+
+def live_record(node: NodeState) -> dict:
+    """The few figures the overlay draws while the run goes on; the full record comes at the end."""
+    rec = {"node_id": node.id, "display_node_id": node.display_id, "type": node.type,
+           "status": node.status, "cached": node.cached, "seconds": round(node.active_s, 6)}
+    mem = node.mem
+    if mem:
+        rec["vram_peak_allocated_mb"] = mb(mem.get("vram_peak_allocated"))
+    if node.model_loads:
+        off = [m for e in node.model_loads for m in e["models"] if m.get("offloaded_mb")]
+        if off:
+            rec["partial_load"] = True
+            rec["offloaded_mb"] = round(sum(m["offloaded_mb"] for m in off), 1)
+    if node.notes:
+        rec["oom_retries"] = oom_retries(node)
+    if node.progress:
+        done = steps(node)
+        if done:
+            rec["steps"] = {k: done[k] for k in ("count", "mean_s", "max_s")}
+    return rec
+
+
+def node_record(node: NodeState) -> dict:
+    rec: dict[str, Any] = {
+        "node_id": node.id,
+        "display_node_id": node.display_id,
+        "type": node.type,
+        "status": node.status,
+        "cached": node.cached,
+    }
+    if node.parent_id:
+        rec["parent_node_id"] = node.parent_id
+    if node.title:
+        rec["title"] = node.title
+    if node.cached:
+        rec["seconds"] = 0.0
+        return rec
+    rec["seconds"] = round(node.active_s, 6)
+    end = node.finish if node.finish is not None else node.first_start
+    rec["span_s"] = round((end or 0) - (node.first_start or 0), 6)
+    rec["starts"] = node.starts
+    rec["gpu_s"] = round(node.gpu_s, 6) if (node.gpu_s or node.mem) else None
+    if node.gpu_pending:
+        rec["gpu_s_pending"] = True
+    for key, value in node.mem.items():
+        rec[key + "_mb"] = mb(value)
+    rec["ram_rss_mb"] = mb(node.rss_after)
+    if node.rss_after is not None and node.rss_before is not None:
+        rec["ram_delta_mb"] = mb(node.rss_after - node.rss_before)
+    models_diff(node, rec)
+    done = steps(node)
+    if done:
+        rec["steps"] = done
+    if node.phases:
+        rec["phases"] = node.phases
+    if node.notes:
+        rec["notes"] = node.notes
+    rec["oom_retries"] = oom_retries(node)
+    if node.error:
+        rec["error"] = node.error
+    return rec
+
+
+def models_diff(node: NodeState, rec: dict) -> None:
+    loaded, unloaded, partial = [], [], {}
+    if node.model_loads:
+        rec["model_load_s"] = round(node.load_s, 4)
+        for entry in node.model_loads:
+            for m in entry["models"]:
+                if m.get("offloaded_mb"):
+                    partial[m["name"]] = m
+    if node.models_before is not None and node.models_after is not None:
+        after = node.models_after
+        before = node.models_before
+        for key, m in after.items():
+            old = before.get(key)
+            if old is None or m.get("loaded", 0) > old.get("loaded", 0) + MB:
+                entry = model_entry(m)
+                if old is not None:
+                    entry["was_loaded_mb"] = mb(old.get("loaded", 0))
+                loaded.append(entry)
+                if entry.get("offloaded_mb"):
+                    partial.setdefault(entry["name"], entry)
+        for key, m in before.items():
+            new = after.get(key)
+            if new is None:
+                unloaded.append({"name": m.get("name"), "freed_mb": mb(m.get("loaded", 0))})
+            elif new.get("loaded", 0) < m.get("loaded", 0) - MB:
+                unloaded.append({"name": m.get("name"), "freed_mb": mb(m["loaded"] - new.get("loaded", 0)),
+                                 "partial": True})
+    if loaded:
+        rec["models_loaded"] = loaded
+    if unloaded:
+        rec["models_unloaded"] = unloaded
+    if partial:
+        rec["partial_load"] = True
+        rec["offloaded_mb"] = round(sum(m.get("offloaded_mb") or 0 for m in partial.values()), 1)
+        rec["partial_models"] = list(partial.values())
+    else:
+        rec["partial_load"] = False
+
+
+def totals(records: list[dict], wall: float) -> dict:
+    """Run totals; also sets each record's ``share`` of the wall time."""
+    executed = [r for r in records if not r.get("cached")]
+    node_s = sum(r.get("seconds") or 0 for r in executed)
+    gpu = [r["gpu_s"] for r in executed if r.get("gpu_s") is not None]
+    peaks = [r.get("vram_peak_allocated_mb") for r in executed if r.get("vram_peak_allocated_mb") is not None]
+    for r in records:
+        r["share"] = round((r.get("seconds") or 0) / wall, 4) if wall > 0 else 0.0
+    return {
+        "nodes": len(records),
+        "executed": len(executed),
+        "cached": len(records) - len(executed),
+        "node_s": round(node_s, 6),
+        "overhead_s": round(max(wall - node_s, 0.0), 6),
+        "gpu_s": round(sum(gpu), 6) if gpu else None,
+        "vram_peak_allocated_mb": max(peaks) if peaks else None,
+        "model_load_s": round(sum(r.get("model_load_s") or 0 for r in executed), 4),
+        "partial_loads": sum(1 for r in executed if r.get("partial_load")),
+        "offloaded_mb": round(sum(r.get("offloaded_mb") or 0 for r in executed), 1),
+        "oom_retries": sum(r.get("oom_retries") or 0 for r in executed),
+        "errors": sum(1 for r in records if r.get("status") in ("error", "interrupted")),
+    }
+
+
+def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, error: dict | None,
+               run_phases: list, run_notes: list, failures: int) -> dict:
+    """Fill ``run`` (the header made at the run's start) with its nodes, totals and outcome."""
+    records = [node_record(n) for n in nodes]
+    run["wall_s"] = round(wall, 6)
+    run["status"] = status
+    if error:
+        run["error"] = error
+    run["nodes"] = records
+    run["phases"] = run_phases
+    run["notes"] = run_notes
+    run["totals"] = totals(records, wall)
+    run["telemetry_failures"] = failures
+    return run
