@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -31,6 +30,7 @@ from . import phases as _phases
 from . import records
 from .node_state import NodeState
 from .probes import NullProbe, default_probe, resolve_gpu_times
+from .run_ids import new_run_id
 
 log = logging.getLogger("wan_accel.telemetry")
 
@@ -39,11 +39,6 @@ ModelSnapshot = Callable[[], dict]  # key -> ModelInfo
 
 SCHEMA = records.SCHEMA
 MAX_EVENTS = 2000  # phases / notes kept per node (and per run outside nodes)
-
-
-def new_run_id(now: float | None = None) -> str:
-    stamp = datetime.fromtimestamp(now if now is not None else time.time(), timezone.utc)
-    return stamp.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
 
 
 class Recorder:

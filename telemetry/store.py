@@ -10,12 +10,12 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+from .run_ids import valid_run_id
+
 SUBDIR = ("wan_accel", "telemetry")
 MAX_LIST = 500
 
@@ -25,10 +25,6 @@ CSV_COLUMNS = [
     "ram_rss_mb", "ram_delta_mb", "model_load_s", "models_loaded", "models_unloaded", "partial_load",
     "offloaded_mb", "steps", "step_mean_s", "step_max_s", "oom_retries", "phases", "error",
 ]
-
-
-def valid_run_id(run_id: object) -> bool:
-    return isinstance(run_id, str) and RUN_ID.fullmatch(run_id) is not None
 
 
 def _cell(value: object) -> object:
