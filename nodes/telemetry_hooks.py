@@ -22,6 +22,8 @@ import logging
 import time
 from typing import Callable
 
+from ..telemetry.failures import error_type_name
+from ..telemetry.probes import FailureReport
 from ..telemetry.recorder import Recorder
 
 log = logging.getLogger("wan_accel.telemetry")
@@ -43,8 +45,10 @@ class LoadedModels:
     def __init__(self):
         self.mm = None
 
-    def snapshot(self) -> dict:
-        """{id(patcher): {name, size, loaded}} of ComfyUI's loaded models (a handful; a few us)."""
+    def snapshot(self, report: FailureReport) -> dict:
+        """{id(patcher): {name, size, loaded}} of ComfyUI's loaded models (a handful; a few us).
+
+        A model whose sizes cannot be read is left out and reported."""
         if self.mm is None:
             import comfy.model_management as mm
 
@@ -59,16 +63,16 @@ class LoadedModels:
                 continue
             try:
                 out[id(patcher)] = patcher_info(patcher)
-            except Exception:
-                continue
+            except Exception as exc:
+                report("reading a loaded model's size", exc)
         return out
 
 
 LOADED_MODELS = LoadedModels()
 
 
-def loaded_models_snapshot() -> dict:
-    return LOADED_MODELS.snapshot()
+def loaded_models_snapshot(report: FailureReport) -> dict:
+    return LOADED_MODELS.snapshot(report)
 
 
 # ---------------------------------------------------------------------------- progress handler
@@ -97,8 +101,8 @@ def _make_handler_class(progress):
                     parent = dyn.get_parent_node_id(node_id)
                     if parent is not None:
                         info["parent_id"] = str(parent)
-                except Exception:
-                    pass
+                except Exception as exc:  # the node is still recorded, by id
+                    self.recorder.report_failure("reading the node's type and ids", exc)
                 self._info[node_id] = info
             return info
 
@@ -140,7 +144,7 @@ def outcome(executor) -> tuple[str, dict | None]:
     for event, data in reversed(list(getattr(executor, "status_messages", []) or [])):
         if event == "execution_error":
             status = "error"
-            error = {"node_id": str(data.get("node_id")), "type": data.get("exception_type"),
+            error = {"node_id": str(data.get("node_id")), "type": error_type_name(data.get("exception_type")),
                      "message": str(data.get("exception_message", ""))[:2000]}
             break
         if event == "execution_interrupted":
@@ -253,8 +257,8 @@ class ComfyHooks:
                             for m in models:
                                 try:
                                     infos.append(patcher_info(m))
-                                except Exception:
-                                    pass
+                                except Exception as exc:
+                                    recorder.report_failure("reading a loaded model's size", exc)
                             recorder.model_load(time.perf_counter() - start, infos)
                         except Exception as exc:
                             recorder.report_failure("model load hook", exc)
@@ -265,15 +269,12 @@ class ComfyHooks:
                 done.append("load_models_gpu")
         except Exception as exc:
             log.info("wan_accel telemetry: model load timing off (%s)", exc)
-        try:
-            root = logging.getLogger()
-            if not any(isinstance(h, LogWatch) for h in root.handlers):
-                watch = LogWatch(recorder)
-                root.addHandler(watch)
-                self.undo.append((root, None, watch))
-            done.append("log watch")
-        except Exception:
-            pass
+        root = logging.getLogger()
+        if not any(isinstance(h, LogWatch) for h in root.handlers):
+            watch = LogWatch(recorder)
+            root.addHandler(watch)
+            self.undo.append((root, None, watch))
+        done.append("log watch")
         return done
 
 
@@ -293,8 +294,8 @@ class LogWatch(logging.Handler):
                 self.recorder.note("oom_retry", message=record.getMessage()[:300])
             elif "loaded partially" in msg:
                 self.recorder.note("partial_load_log", message=record.getMessage()[:300])
-        except Exception:
-            pass
+        except Exception as exc:  # e.g. a log call whose arguments do not match its format string
+            self.recorder.report_failure("reading a log line", exc)
 
 
 HOOKS = ComfyHooks()

@@ -14,8 +14,8 @@ Node semantics the ComfyUI executor imposes:
   start to finish;
 * failing node: ``start`` and no ``finish`` -> closed by :meth:`end_run` with the error.
 
-Every public method swallows its own errors (logged once per run) so telemetry can never fail
-the work it measures. The record itself is rendered by :mod:`.records` from the node states kept here.
+Every public method swallows its own errors so telemetry can never fail the work it measures;
+each is counted in the run record and named in one log line per run (:mod:`.failures`). The record itself is rendered by :mod:`.records` from the node states kept here.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 from . import phases as _phases
 from . import records
+from .failures import RunFailures
 from .node_state import NodeState
 from .probes import NullProbe, default_probe, resolve_gpu_times
 from .run_ids import new_run_id
@@ -35,7 +36,7 @@ from .run_ids import new_run_id
 log = logging.getLogger("wan_accel.telemetry")
 
 ModelInfo = records.ModelInfo
-ModelSnapshot = Callable[[], dict]  # key -> ModelInfo
+ModelSnapshot = Callable[[Callable[[str, BaseException], None]], dict]  # (report_failure) -> {key: ModelInfo}
 
 SCHEMA = records.SCHEMA
 MAX_EVENTS = 2000  # phases / notes kept per node (and per run outside nodes)
@@ -66,17 +67,32 @@ class Recorder:
         self._last_rss: int | None = None
         self._active: NodeState | None = None
         self._t0 = 0.0
-        self._complained = False
         self.last_run: dict | None = None
-        self.failures = 0
+        # failures since the last run closed: they count in the next run's record (a hook failing
+        # between prompts is still reported, once, with that run)
+        self._failures = RunFailures()
+        self._failures_total = 0
+
+    @property
+    def failures(self) -> int:
+        """Failures inside telemetry since this recorder was made (benchmarks check for 0); each run's
+        own count is its record's ``telemetry_failures``."""
+        return self._failures_total
 
     # ------------------------------------------------------------------ safety
     def report_failure(self, where: str, exc: BaseException) -> None:
-        """A failure inside telemetry (or its hooks): counted, logged once per run, never raised."""
-        self.failures += 1
-        if not self._complained:
-            self._complained = True
-            log.warning("wan_accel telemetry: %s failed (%s: %s); the prompt goes on", where, type(exc).__name__, exc)
+        """A failure inside telemetry or its hooks, caught so the prompt goes on: counted in the run
+        record and named in the run's one log line. Never raises."""
+        self._failures_total += 1
+        self._failures.add(where, exc)
+
+    def _run_reporter(self, failures: RunFailures) -> Callable[[str, BaseException], None]:
+        """report_failure for a run already closed (its record is finished on another thread)."""
+        def report(where: str, exc: BaseException) -> None:
+            self._failures_total += 1
+            failures.add(where, exc)
+
+        return report
 
     def _emit(self, name: str, payload: dict) -> None:
         if self.on_event is None:
@@ -91,8 +107,8 @@ class Recorder:
         try:
             if self.run is not None:
                 self.end_run(status="abandoned")
-            self.probe = self._fixed_probe or default_probe()
-            self._complained = False
+            self.probe = self._fixed_probe or default_probe(self.report_failure)
+            self.probe.report = self.report_failure
             now = time.time()
             self.run = {
                 "schema": SCHEMA,
@@ -110,6 +126,7 @@ class Recorder:
             self._run_notes: list = []
             self._t0 = self.clock()
             _phases.add_listener(self._on_phase)
+            _phases.add_error_sink(self.report_failure)
             self._emit("run_start", {"run_id": self.run["id"], "prompt_id": prompt_id})
         except Exception as exc:
             self.report_failure("begin_run", exc)
@@ -167,8 +184,7 @@ class Recorder:
                 node.first_start = now
                 # the previous node's reading stands for "before" (nothing runs in between): one syscall saved
                 node.rss_before = self._last_rss if self._last_rss is not None else self.probe.rss()
-                if self.models is not None:
-                    node.models_before = self.models()
+                node.models_before = self._loaded_models()
             if node.seg_start is None:
                 node.seg_start = now
                 try:
@@ -260,12 +276,19 @@ class Recorder:
             self.report_failure("node_finish", exc)
             return None
 
+    def _loaded_models(self) -> dict | None:
+        """The loaded-model snapshot, or None (no source, or it failed: the node is timed all the same)."""
+        if self.models is None:
+            return None
+        try:
+            return self.models(self.report_failure)
+        except Exception as exc:
+            self.report_failure("listing loaded models", exc)
+            return None
+
     def _snapshot_after(self, node: NodeState) -> None:
-        if self.models is not None and node.models_before is not None:
-            try:
-                node.models_after = self.models()
-            except Exception as exc:
-                self.report_failure("listing loaded models", exc)
+        if node.models_before is not None:
+            node.models_after = self._loaded_models()
 
     def _resolve_gpu(self, block: bool) -> None:
         """Read finished CUDA event pairs of this run's nodes (never waits: ``block`` is for after the prompt)."""
@@ -303,16 +326,19 @@ class Recorder:
                         node.error = {k: v for k, v in error.items() if k != "node_id"}
             nodes = sorted(self._nodes.values(), key=lambda n: n.order)
             job = (run, nodes, self._gpu_waiting, self.probe, now - self._t0, status, error,
-                   self._run_phases, self._run_notes)
+                   self._run_phases, self._run_notes, self._failures)
         except Exception as exc:
             self.report_failure("end_run", exc)
             job = None
         finally:
             _phases.remove_listener(self._on_phase)
+            _phases.remove_error_sink(self.report_failure)
             self.run = None
             self._active = None
             self._gpu_waiting = []
+            failures, self._failures = self._failures, RunFailures()
         if job is None:
+            failures.log_once(run.get("id"))
             return run
         if self.save_in_background:
             # records, GPU read-back, saving and the run event happen off the prompt's thread
@@ -320,23 +346,28 @@ class Recorder:
             return run
         return self._finalize(*job)
 
-    def _finalize(self, run, nodes, gpu_waiting, probe, wall, status, error, run_phases, run_notes) -> dict:
+    def _finalize(self, run, nodes, gpu_waiting, probe, wall, status, error, run_phases, run_notes,
+                  failures: RunFailures) -> dict:
+        report = self._run_reporter(failures)
         try:
-            resolve_gpu_times(probe, gpu_waiting, True, self.report_failure)  # after the prompt: costs it nothing
-            records.run_record(run, nodes, wall, status, error, run_phases, run_notes, self.failures)
+            resolve_gpu_times(probe, gpu_waiting, True, report)  # after the prompt: costs it nothing
+            records.run_record(run, nodes, wall, status, error, run_phases, run_notes)
         except Exception as exc:
-            self.report_failure("finishing the run record", exc)
+            report("finishing the run record", exc)
+        failures.into_record(run)  # what failed after this (saving, sending) is in the log line only
         self.last_run = run
         if self.store is not None:
-            self._save(run)
-        self._emit("run", run)
+            try:
+                self.store.save(run)
+            except Exception as exc:
+                report("saving the run", exc)
+        if self.on_event is not None:
+            try:
+                self.on_event("run", run)
+            except Exception as exc:
+                report("sending the run", exc)
+        failures.log_once(run.get("id"))
         return run
-
-    def _save(self, run: dict) -> None:
-        try:
-            self.store.save(run)
-        except Exception as exc:
-            self.report_failure("saving the run", exc)
 
     # ------------------------------------------------------------------ outside ComfyUI
     @contextmanager

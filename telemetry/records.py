@@ -203,7 +203,7 @@ def totals(records: list[dict], wall: float) -> dict:
 
 
 def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, error: dict | None,
-               run_phases: list, run_notes: list, failures: int) -> dict:
+               run_phases: list, run_notes: list) -> dict:
     """Fill ``run`` (the header made at the run's start) with its nodes, totals and outcome."""
     records = [node_record(n) for n in nodes]
     run["wall_s"] = round(wall, 6)
@@ -214,5 +214,4 @@ def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, erro
     run["phases"] = run_phases
     run["notes"] = run_notes
     run["totals"] = totals(records, wall)
-    run["telemetry_failures"] = failures
     return run

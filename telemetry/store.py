@@ -128,19 +128,17 @@ class RunStore:
             return
         for run_id in self._ids()[self.keep:]:
             for ext in ("json", "csv"):
-                try:
-                    self._path(run_id, ext).unlink()
-                except OSError:
-                    pass
+                self._path(run_id, ext).unlink(missing_ok=True)  # another server sharing the folder may prune too
 
-    def list(self, limit: int = 50) -> list[dict]:
-        out = []
+    def list(self, limit: int = 50) -> tuple[list[dict], int]:
+        """Summaries of the newest ``limit`` runs, and how many of those files could not be read."""
+        out, unreadable = [], 0
         for run_id in self._ids()[: max(0, min(limit, MAX_LIST))]:
             try:
                 out.append(summarize(json.loads(self._path(run_id, "json").read_text(encoding="utf-8"))))
-            except (OSError, ValueError):
-                continue
-        return out
+            except (OSError, ValueError):  # half-copied or hand-edited file: the route says how many
+                unreadable += 1
+        return out, unreadable
 
     def read(self, run_id: str, ext: str = "json") -> str | None:
         path = self._path(run_id, ext)
@@ -159,7 +157,11 @@ def handle_list(store: RunStore, query: dict) -> tuple[int, dict]:
         return 400, {"error": "limit must be an integer"}
     if not 1 <= limit <= MAX_LIST:
         return 400, {"error": f"limit must be between 1 and {MAX_LIST}"}
-    return 200, {"runs": store.list(limit)}
+    runs, unreadable = store.list(limit)
+    payload: dict = {"runs": runs}
+    if unreadable:
+        payload["unreadable"] = unreadable
+    return 200, payload
 
 
 def handle_get(store: RunStore, run_id: str, fmt: str = "json") -> tuple[int, str, str]:

@@ -139,7 +139,8 @@ def _fake_comfy(progress):
                 kind = node["class_type"]
                 if kind == "Fail":
                     self.success = False
-                    self.status_messages.append(("execution_error", {"node_id": node_id, "exception_type": "RuntimeError",
+                    self.status_messages.append(("execution_error", {"node_id": node_id,
+                                                                     "exception_type": node.get("exception_type", "RuntimeError"),
                                                                      "exception_message": "node broke"}))
                     return
                 if kind == "KSampler":
@@ -244,6 +245,65 @@ def test_failing_node_recorded_as_error(fake_comfy):
     assert run["status"] == "error" and run["error"]["message"] == "node broke"
     assert nodes["2"]["status"] == "error" and nodes["2"]["error"]["type"] == "RuntimeError"
     assert "3" not in nodes
+
+
+@pytest.mark.parametrize("full_name, shown", [
+    ("RuntimeError", "RuntimeError"),
+    ("torch.OutOfMemoryError", "OutOfMemoryError"),
+    ("custom_nodes.comfyui-wan-accel.vae_accel.schedule.TileError", "TileError"),
+    ("/home/me/ComfyUI/custom_nodes/comfyui-wan-accel.vae_accel.schedule.TileError", "TileError"),
+])
+def test_error_types_are_shown_by_class_name(fake_comfy, full_name, shown):
+    rec = _recorder()
+    assert _install(rec)[0]
+    ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
+    asyncio.run(ex.execute_async({"2": {"class_type": "Fail", "exception_type": full_name}}, "pid-3b", {}, ["2"]))
+    run = rec.last_run
+    assert run["error"]["type"] == shown and run["nodes"][0]["error"]["type"] == shown
+
+
+def test_hook_failures_are_counted_in_the_run(fake_comfy, caplog):
+    import logging
+
+    class BrokenPatcher(Patcher):
+        def loaded_size(self):
+            raise RuntimeError("weakref died")
+
+    rec = _recorder()
+    assert _install(rec)[0]
+    good, broken = Patcher("WAN21", GB), BrokenPatcher("CLIP", GB)
+    fake_comfy.mm.current_loaded_models[:] = [types.SimpleNamespace(model=broken), types.SimpleNamespace(model=good)]
+    ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
+
+    class NoNodeInfo(DynPrompt):
+        def get_display_node_id(self, node_id):
+            raise KeyError(node_id)
+
+    orig_reset = fake_comfy.progress.reset_progress_state
+    fake_comfy.progress.reset_progress_state = lambda pid, dyn: orig_reset(pid, NoNodeInfo(dyn.prompt))
+    prompt = {"1": {"class_type": "EmptyImage"}, "3": {"class_type": "KSampler", "patcher": good}}
+    with caplog.at_level("INFO"):
+        asyncio.run(ex.execute_async(prompt, "pid-7", {}, ["3"]))
+    run = rec.last_run
+    assert {r["node_id"] for r in run["nodes"]} == {"1", "3"} and run["status"] == "success"
+    assert run["telemetry_failure_sites"]["reading the node's type and ids"] == 2
+    assert run["telemetry_failure_sites"]["reading a loaded model's size"] >= 2
+    lines = [r.getMessage() for r in caplog.records if "inside telemetry" in r.getMessage()]
+    assert len(lines) == 1 and "KeyError" in lines[0]
+
+
+def test_log_watch_counts_a_line_it_cannot_read(fake_comfy):
+    import logging
+
+    rec = _recorder()
+    watch = th.LogWatch(rec)
+    rec.begin_run("pid-8")
+    rec.node_start("8", "VAEDecode")
+    # a custom node's log call whose arguments do not fit its format string
+    watch.emit(logging.LogRecord("somebody", logging.WARNING, __file__, 1, "Ran out of memory in %s %s", ("x",), None))
+    rec.node_finish("8")
+    run = rec.end_run()
+    assert run["telemetry_failure_sites"] == {"reading a log line": 1}
 
 
 def test_telemetry_failures_never_fail_the_prompt(fake_comfy, monkeypatch):

@@ -132,7 +132,7 @@ class Exploding(NullProbe):
 
 
 def test_errors_inside_telemetry_never_escape(caplog):
-    def bad_models():
+    def bad_models(report):
         raise RuntimeError("models broke")
 
     def bad_event(name, payload):
@@ -149,21 +149,66 @@ def test_errors_inside_telemetry_never_escape(caplog):
     assert run is not None and run["nodes"][0]["status"] == "ok"
     assert rec.failures >= 2
     assert run["telemetry_failures"] >= 2
+    assert {"starting GPU counters", "listing loaded models", "sending an event"} <= set(run["telemetry_failure_sites"])
     warnings = [r for r in caplog.records if "wan_accel telemetry" in r.getMessage()]
     assert len(warnings) == 1  # one log line per run, not one per failure
+    assert "RuntimeError" in warnings[0].getMessage() and str(run["telemetry_failures"]) in warnings[0].getMessage()
 
 
-def test_broken_phase_listener_does_not_break_engine():
+def test_failure_count_is_per_run(caplog):
+    flaky = {"broken": True}
+
+    def models(report):
+        if flaky["broken"]:
+            raise RuntimeError("models broke")
+        return {}
+
+    rec = Recorder(probe=NullProbe(rss=lambda: 1), models=models)
+    runs = []
+    for broken in (True, False):
+        flaky["broken"] = broken
+        rec.begin_run("p")
+        rec.node_start("1", "X")
+        rec.node_finish("1")
+        runs.append(rec.end_run())
+    assert runs[0]["telemetry_failures"] == 1 and runs[0]["telemetry_failure_sites"] == {"listing loaded models": 1}
+    assert runs[0]["nodes"][0]["status"] == "ok" and "span_s" in runs[0]["nodes"][0]  # timed all the same
+    assert runs[1]["telemetry_failures"] == 0 and "telemetry_failure_sites" not in runs[1]
+    assert rec.failures == 1  # the recorder's lifetime total still says something failed once
+    assert len([r for r in caplog.records if "inside telemetry" in r.getMessage()]) == 1
+
+
+def test_failures_between_runs_are_reported_with_the_next_run():
+    rec, _ = make()
+    rec.report_failure("model load hook", KeyError("x"))  # e.g. a hook firing while no prompt runs
+    rec.begin_run("p")
+    run = rec.end_run()
+    assert run["telemetry_failures"] == 1 and run["telemetry_failure_sites"] == {"model load hook": 1}
+
+
+def test_broken_phase_listener_does_not_break_engine_and_is_counted(caplog):
     def broken(event):
         raise RuntimeError("listener broke")
 
+    rec, _ = make()
     phases.add_listener(broken)
     try:
+        rec.begin_run("p")
+        rec.node_start("1", "WanVAEDecode")
         with phases.phase("vae.stem"):
             pass
         phases.note("oom_retry")
+        rec.node_finish("1")
+        run = rec.end_run()
+        assert run["telemetry_failures"] == 2
+        assert run["telemetry_failure_sites"] == {"phase listener test_broken_phase_listener_does_not_break_engine_and_is_counted.<locals>.broken": 2}
+        assert run["nodes"][0]["phases"][0]["name"] == "vae.stem"  # the recorder's own listener still ran
+        with phases.phase("vae.stem"):  # no run, no recorder: logged once per listener
+            pass
+        phases.note("again")
     finally:
         phases.remove_listener(broken)
+    assert len([r for r in caplog.records if "listener broke" in r.getMessage()]) == 2  # the run's line + one
 
 
 def test_node_methods_outside_a_run_are_ignored():
@@ -180,7 +225,7 @@ GB = 1024 * MB
 def test_partial_load_detected_from_loaded_model_list():
     """The 2.3 GB case: WAN loaded with 2299.82 MB left offloaded."""
     loaded = {}
-    rec, clock = make(models=lambda: dict(loaded))
+    rec, clock = make(models=lambda report: dict(loaded))
     loaded["clip"] = {"name": "UMT5", "size": 5 * GB, "loaded": 5 * GB}
     rec.begin_run("p")
     rec.node_start("3", "KSampler")
@@ -197,7 +242,7 @@ def test_partial_load_detected_from_loaded_model_list():
 
 def test_full_load_is_not_partial_and_model_load_hook_times_it():
     loaded = {}
-    rec, clock = make(models=lambda: dict(loaded))
+    rec, clock = make(models=lambda report: dict(loaded))
     rec.begin_run("p")
     rec.node_start("7", "VAEDecode")
     clock.tick(1.5)
@@ -223,7 +268,7 @@ def test_partial_load_from_model_load_hook_only():
 
 def test_partial_unload_of_a_resident_model():
     loaded = {"wan": {"name": "WAN21", "size": 16 * GB, "loaded": 16 * GB}}
-    rec, clock = make(models=lambda: {k: dict(v) for k, v in loaded.items()})
+    rec, clock = make(models=lambda report: {k: dict(v) for k, v in loaded.items()})
     rec.begin_run("p")
     rec.node_start("9", "VAEDecode")
     loaded["wan"]["loaded"] = 10 * GB
@@ -389,9 +434,30 @@ def test_raw_allocator_stats_used_when_available_and_dropped_when_their_layout_c
     probe = CudaProbe(cuda, 0, rss=lambda: 1, raw_stats=lambda dev: raw)
     out = probe.end(probe.begin())
     assert out["vram_peak_allocated"] == 5 * GB and out["vram_reserved"] == 6 * GB
+    reported = []
+    probe.report = lambda where, exc: reported.append((where, type(exc).__name__))
     probe.raw_stats = lambda dev: {"something": "else"}
     out = probe.end(probe.begin())
     assert out["vram_peak_allocated"] == cuda.peak and probe.raw_stats is None
+    assert reported == [("reading the allocator's raw stats (public memory_stats() from now on)", "KeyError")]
+
+
+def test_probe_failures_reach_the_run_record():
+    cuda = FakeCuda()
+
+    def no_name(device=None):
+        raise RuntimeError("driver hiccup")
+
+    cuda.get_device_name = no_name
+    reported = []
+    probe = CudaProbe(cuda, 0, rss=lambda: 1, raw_stats=lambda dev: {}, report=lambda w, e: reported.append(w))
+    assert probe.device == "cuda" and reported == ["reading the GPU's name"]
+    rec, _ = make(probe=probe)
+    rec.begin_run("p")
+    rec.node_start("1", "X")
+    rec.node_finish("1")  # raw stats without the expected keys: reported, public call used
+    run = rec.end_run()
+    assert run["telemetry_failure_sites"] == {"reading the allocator's raw stats (public memory_stats() from now on)": 1}
 
 
 def test_events_per_node_are_bounded_and_dicts_kept():

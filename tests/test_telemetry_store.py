@@ -7,12 +7,17 @@ import json
 import os
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wan_accel.telemetry.recorder import Recorder
 from wan_accel.telemetry.run_ids import RunIds
 from wan_accel.telemetry.store import RunStore, handle_get, handle_list, run_to_csv, valid_run_id
+
+
+LETTERS_ID = "20250101-000000-0123abcd"
+DIGITS_ID = "20250101-000000-01234567"  # a digit-only random part is a valid id like any other
 
 
 def _run(store=None, error=None, run_id=None):
@@ -37,7 +42,16 @@ def test_run_saved_as_json_and_csv(tmp_path):
     rows = list(csv.DictReader(io.StringIO((folder / f"{run['id']}.csv").read_text())))
     assert [r["node_id"] for r in rows] == ["1", "2", "3"]
     assert rows[1]["cached"] == "True" and rows[0]["type"] == "EmptyImage"
-    assert store.list()[0]["id"] == run["id"] and store.list()[0]["prompt_id"] == "prompt-1"
+    runs, unreadable = store.list()
+    assert runs[0]["id"] == run["id"] and runs[0]["prompt_id"] == "prompt-1" and unreadable == 0
+
+
+def test_unreadable_run_files_are_counted_not_hidden(tmp_path):
+    store = RunStore(tmp_path)
+    good = _run(store, run_id=LETTERS_ID)
+    (tmp_path / "wan_accel" / "telemetry" / f"{DIGITS_ID}.json").write_text("{half a file")
+    status, payload = handle_list(store, {})
+    assert status == 200 and [r["id"] for r in payload["runs"]] == [good["id"]] and payload["unreadable"] == 1
 
 
 def test_csv_cells_cannot_become_formulas():
@@ -66,11 +80,7 @@ def test_run_ids_of_one_second_sort_in_creation_order():
 def test_store_lists_runs_of_one_second_newest_first(tmp_path):
     store = RunStore(tmp_path)
     ids = [_run(store)["id"] for _ in range(12)]
-    assert [r["id"] for r in store.list(50)] == ids[::-1]
-
-
-LETTERS_ID = "20250101-000000-0123abcd"
-DIGITS_ID = "20250101-000000-01234567"  # a digit-only random part is a valid id like any other
+    assert [r["id"] for r in store.list(50)[0]] == ids[::-1]
 
 
 def test_routes_validate_ids_and_formats(tmp_path):
@@ -107,8 +117,6 @@ def test_arbitrary_ids_never_touch_files_outside(run_id):
 
 def test_save_rejects_a_forged_id_and_writes_nothing(tmp_path):
     store = RunStore(tmp_path)
-    import pytest
-
     with pytest.raises(ValueError):
         store.save({"id": "../../escape", "nodes": []})
     assert not any(tmp_path.rglob("*escape*"))
