@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -96,16 +96,16 @@ class RunStore:
         return path
 
     def _write(self, path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        # Created like ComfyUI's own outputs (open(): 0666 less the umask, 0644 usually), not mkstemp's 0600;
+        # written under a temporary name and renamed, so a reader never sees half a file.
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}{path.suffix}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            tmp.unlink(missing_ok=True)
             raise
 
     def save(self, run: dict) -> Path:

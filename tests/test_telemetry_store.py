@@ -46,6 +46,18 @@ def test_run_saved_as_json_and_csv(tmp_path):
     assert runs[0]["id"] == run["id"] and runs[0]["prompt_id"] == "prompt-1" and unreadable == 0
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_run_files_get_the_mode_comfyui_outputs_get(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        run = _run(RunStore(tmp_path))
+    finally:
+        os.umask(old)
+    folder = tmp_path / "wan_accel" / "telemetry"
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        f"{run['id']}.json": mode, f"{run['id']}.csv": mode}
+
+
 def test_unreadable_run_files_are_counted_not_hidden(tmp_path):
     store = RunStore(tmp_path)
     good = _run(store, run_id=LETTERS_ID)
