@@ -1,0 +1,69 @@
+// What a node's record says on the graph: the badge parts, their colours, the hover card's text.
+// Pure functions of a record (no DOM, no app), shared by the classic canvas and the Vue renderer.
+import { fmtMB, fmtPct, fmtS } from "./format.js";
+
+export const TIPS = {
+  time: "Wall seconds the node itself ran (its own segments; a lazy node's waits for its inputs are not counted).",
+  share: "Share of the whole run's wall time spent in this node.",
+  gpu: "GPU seconds: CUDA events recorded on the node's stream around it, read after the node (no synchronize inside it).",
+  vram: "Peak VRAM allocated by PyTorch while the node ran (reserved by the caching allocator in the tooltip).",
+  vram_after: "VRAM allocated / reserved when the node finished.",
+  ram: "Process resident memory (RSS) when the node finished, and its change during the node.",
+  steps: "Progress steps (sampler steps): count x mean seconds per step; hover for every step.",
+  models: "Models loaded (+) or unloaded (-) during the node, with load seconds.",
+  partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
+  oom: "Out-of-memory retries inside the node (e.g. VAE decode retried tiled).",
+  cached: "Output came from ComfyUI's cache: the node did not run.",
+};
+
+export const WARN_COLORS = { fg: "#111", bg: "#ffcc00" };
+export const INFO_COLORS = { fg: "#cde", bg: "#263241" };
+
+export function badgeColors(rec) {
+  const share = rec.share ?? 0;
+  if (rec.status === "error" || rec.status === "interrupted") return { fg: "#fff", bg: "#a11" };
+  if (rec.cached) return { fg: "#bbb", bg: "#333" };
+  if (share >= 0.3) return { fg: "#fff", bg: "#b4321e" };
+  if (share >= 0.1) return { fg: "#111", bg: "#e0a21b" };
+  return { fg: "#dfe", bg: "#1e4a2e" };
+}
+
+export function partColors(part, rec) {
+  return part.kind === "warn" ? WARN_COLORS : part.kind === "info" ? INFO_COLORS : badgeColors(rec);
+}
+
+export function overlayParts(rec) {
+  // The figures drawn on a node, compact.
+  if (!rec) return [];
+  if (rec.cached) return [{ text: "cached", kind: "time" }];
+  const parts = [];
+  let t = fmtS(rec.seconds);
+  if (rec.share != null) t += ` · ${fmtPct(rec.share)}`;
+  if (rec.status === "error") t = `ERROR ${t}`;
+  if (rec.status === "interrupted") t = `stopped ${t}`;
+  parts.push({ text: t, kind: "time" });
+  const extra = [];
+  if (rec.steps?.count) extra.push(`${rec.steps.count}×${fmtS(rec.steps.mean_s)}`);
+  if (rec.vram_peak_allocated_mb != null) extra.push(`▲${fmtMB(rec.vram_peak_allocated_mb)}`);
+  if (extra.length) parts.push({ text: extra.join(" "), kind: "info" });
+  const warn = [];
+  if (rec.partial_load) warn.push(`${fmtMB(rec.offloaded_mb ?? 0)} offloaded`);
+  if (rec.oom_retries) warn.push(`OOM×${rec.oom_retries}`);
+  if (warn.length) parts.push({ text: `! ${warn.join(" ")}`, kind: "warn" });
+  return parts;
+}
+
+export function tooltipText(rec) {
+  if (!rec) return "";
+  if (rec.cached) return `cached — ${TIPS.cached}`;
+  const lines = [`${rec.type ?? "node"} #${rec.display_node_id ?? rec.node_id}`,
+    `${fmtS(rec.seconds)} — ${TIPS.time}`];
+  if (rec.share != null) lines.push(`${fmtPct(rec.share)} — ${TIPS.share}`);
+  if (rec.gpu_s != null) lines.push(`GPU ${fmtS(rec.gpu_s)} — ${TIPS.gpu}`);
+  if (rec.vram_peak_allocated_mb != null) lines.push(`▲${fmtMB(rec.vram_peak_allocated_mb)} — ${TIPS.vram}`);
+  if (rec.steps?.count) lines.push(`${rec.steps.count}×${fmtS(rec.steps.mean_s)} — ${TIPS.steps}`);
+  if (rec.partial_load) lines.push(`! ${fmtMB(rec.offloaded_mb ?? 0)} offloaded — ${TIPS.partial}`);
+  if (rec.oom_retries) lines.push(`OOM×${rec.oom_retries} — ${TIPS.oom}`);
+  if (rec.error?.message) lines.push(`error: ${rec.error.message.slice(0, 200)}`);
+  return lines.join("\n");
+}
