@@ -46,6 +46,16 @@ def oom_retries(node: NodeState) -> int:
     return sum(1 for n in node.notes if "oom" in str(n.get("name", "")).lower())
 
 
+def step_unit(node: NodeState) -> str:
+    """What one progress tick of this node is: a sampler step only for samplers."""
+    kind = (node.type or "").lower()
+    if "sampler" in kind:
+        return "sampler step"
+    if "vae" in kind or any(str(p.get("name", "")).startswith("vae.") for p in node.phases):
+        return "VAE step"  # our engine ticks once per tile and frame slice, core tiled VAE once per tile
+    return "step"
+
+
 def steps(node: NodeState) -> dict | None:
     """Per-step seconds from progress updates: ``value`` counts steps done of ``max``."""
     if len(node.progress) < 1:
@@ -70,6 +80,7 @@ def steps(node: NodeState) -> dict | None:
         return None
     return {
         "count": len(times),
+        "unit": step_unit(node),
         "total": total,
         "seconds": times[:1000],
         "mean_s": round(sum(times) / len(times), 6),
@@ -94,7 +105,7 @@ def live_record(node: NodeState) -> dict:
     if node.progress:
         done = steps(node)
         if done:
-            rec["steps"] = {k: done[k] for k in ("count", "mean_s", "max_s")}
+            rec["steps"] = {k: done[k] for k in ("count", "unit", "mean_s", "max_s")}
     return rec
 
 

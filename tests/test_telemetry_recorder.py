@@ -290,9 +290,29 @@ def test_sampler_steps_read_off_the_node():
     rec.node_progress("3", 2, 2)
     rec.node_finish("3")
     steps = rec.end_run()["nodes"][0]["steps"]
-    assert steps["count"] == 2 and steps["total"] == 2
+    assert steps["count"] == 2 and steps["total"] == 2 and steps["unit"] == "sampler step"
     assert steps["seconds"] == [pytest.approx(17.4), pytest.approx(17.4)]  # the model load is not step 1
     assert steps["mean_s"] == pytest.approx(17.4)
+
+
+@pytest.mark.parametrize("node_type, phase, unit", [
+    ("KSamplerAdvanced", None, "sampler step"), ("SamplerCustomAdvanced", None, "sampler step"),
+    ("VAEDecodeTiled", None, "VAE step"), ("WanAccelVAEDecode", "vae.tiles", "VAE step"),
+    ("VAEDecode", "vae.tiles", "VAE step"), ("UpscaleModelLoader", None, "step"),
+])
+def test_progress_ticks_are_named_for_what_they_are(node_type, phase, unit):
+    events = []
+    rec, clock = make(events=events)
+    rec.begin_run("p")
+    rec.node_start("8", node_type)
+    if phase:
+        with phases.phase(phase):
+            pass
+    clock.tick(1.0)
+    rec.node_progress("8", 1, 4)
+    rec.node_finish("8")
+    assert events[-1][1]["record"]["steps"]["unit"] == unit  # live, for the overlay
+    assert rec.end_run()["nodes"][0]["steps"]["unit"] == unit
 
 
 def test_progress_jumps_spread_over_steps():

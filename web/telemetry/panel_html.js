@@ -1,6 +1,6 @@
 // The summary panel's and the A/B view's HTML, from run records (pure: no DOM, no app).
 import { esc, fmtMB, fmtPct, fmtS } from "./format.js";
-import { TIPS } from "./parts.js";
+import { stepsName, TIPS } from "./parts.js";
 
 export const CSS = `
 #wan-accel-telemetry{position:fixed;right:12px;bottom:64px;width:min(900px,calc(100vw - 24px));max-height:62vh;overflow:auto;z-index:1100;
@@ -75,7 +75,8 @@ export function summaryHtml(cur, runUrl) {
     if (r.oom_retries) flags.push(`<span class="warn" title="${esc(TIPS.oom)}">OOM×${r.oom_retries}</span>`);
     if (r.status === "error" || r.status === "interrupted") flags.push(`<span class="err" title="${esc(r.error?.message ?? r.status)}">${esc(r.status)}</span>`);
     if (r.cached) flags.push(`<span class="muted" title="${esc(TIPS.cached)}">cached</span>`);
-    const steps = r.steps?.count ? `<span title="${esc(TIPS.steps + "\n" + (r.steps.seconds ?? []).map((s, i) => `step ${i + 1}: ${fmtS(s)}`).join("\n"))}">${r.steps.count}×${fmtS(r.steps.mean_s)}</span>` : "";
+    const unit = r.steps?.unit ?? "step";
+    const steps = r.steps?.count ? `<span title="${esc(`${r.steps.count} ${stepsName(r.steps)}\n` + (r.steps.seconds ?? []).map((s, i) => `${unit} ${i + 1}: ${fmtS(s)}`).join("\n"))}">${r.steps.count}×${fmtS(r.steps.mean_s)}</span>` : "";
     const phases = (r.phases ?? []).map((p) => `${p.name}: ${fmtS(p.seconds)}`).join("\n");
     html += `<tr><td class="l" title="${esc(phases ? "phases:\n" + phases : "")}">${esc(r.display_node_id ?? r.node_id)}</td><td class="l">${esc(r.type ?? "")}</td>`
       + `<td title="${esc(TIPS.time)}${r.span_s != null && r.span_s > (r.seconds ?? 0) * 1.05 ? esc(`\nfirst start to finish: ${fmtS(r.span_s)}`) : ""}">${r.cached ? "–" : fmtS(r.seconds)}</td>`

@@ -9,7 +9,7 @@ export const TIPS = {
   vram: "Peak VRAM allocated by PyTorch while the node ran (reserved by the caching allocator in the tooltip).",
   vram_after: "VRAM allocated / reserved when the node finished.",
   ram: "Process resident memory (RSS) when the node finished, and its change during the node.",
-  steps: "Progress steps (sampler steps): count x mean seconds per step; hover for every step.",
+  steps: "Progress steps of the node: count x mean seconds per step. Sampler steps for samplers; VAE steps (one per tile and frame slice) for VAE nodes; hover for every step.",
   models: "Models loaded (+) or unloaded (-) during the node, with load seconds.",
   partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
   oom: "Out-of-memory retries inside the node (e.g. VAE decode retried tiled).",
@@ -30,6 +30,12 @@ export function badgeColors(rec) {
 
 export function partColors(part, rec) {
   return part.kind === "warn" ? WARN_COLORS : part.kind === "info" ? INFO_COLORS : badgeColors(rec);
+}
+
+// "sampler steps", "VAE step", "steps": what the node's progress bar counted
+export function stepsName(steps) {
+  const unit = steps?.unit ?? "step";
+  return steps?.count === 1 ? unit : `${unit}s`;
 }
 
 export function overlayParts(rec) {
@@ -61,7 +67,7 @@ export function tooltipText(rec) {
   if (rec.share != null) lines.push(`${fmtPct(rec.share)} — ${TIPS.share}`);
   if (rec.gpu_s != null) lines.push(`GPU ${fmtS(rec.gpu_s)} — ${TIPS.gpu}`);
   if (rec.vram_peak_allocated_mb != null) lines.push(`▲${fmtMB(rec.vram_peak_allocated_mb)} — ${TIPS.vram}`);
-  if (rec.steps?.count) lines.push(`${rec.steps.count}×${fmtS(rec.steps.mean_s)} — ${TIPS.steps}`);
+  if (rec.steps?.count) lines.push(`${rec.steps.count} ${stepsName(rec.steps)} × ${fmtS(rec.steps.mean_s)} — ${TIPS.steps}`);
   if (rec.partial_load) lines.push(`! ${fmtMB(rec.offloaded_mb ?? 0)} offloaded — ${TIPS.partial}`);
   if (rec.oom_retries) lines.push(`OOM×${rec.oom_retries} — ${TIPS.oom}`);
   if (rec.error?.message) lines.push(`error: ${rec.error.message.slice(0, 200)}`);
