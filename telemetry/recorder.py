@@ -15,7 +15,9 @@ Node semantics the ComfyUI executor imposes:
 * failing node: ``start`` and no ``finish`` -> closed by :meth:`end_run` with the error.
 
 Every public method swallows its own errors so telemetry can never fail the work it measures;
-each is counted in the run record and named in one log line per run (:mod:`.failures`). The record itself is rendered by :mod:`.records` from the node states kept here.
+each is counted in the run record and named in one log line per run (:mod:`.failures`). This module
+is the state machine; :mod:`.records` renders the record from the node states kept here and
+:mod:`.finish` reads GPU times back, saves and sends it once the run is closed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Any, Callable, Iterator
 from . import phases as _phases
 from . import records
 from .failures import RunFailures
+from .finish import ClosedRun, finish_run
 from .node_state import NodeState
 from .probes import NullProbe, default_probe, resolve_gpu_times
 from .run_ids import new_run_id
@@ -346,28 +349,11 @@ class Recorder:
             return run
         return self._finalize(*job)
 
-    def _finalize(self, run, nodes, gpu_waiting, probe, wall, status, error, run_phases, run_notes,
-                  failures: RunFailures) -> dict:
-        report = self._run_reporter(failures)
-        try:
-            resolve_gpu_times(probe, gpu_waiting, True, report)  # after the prompt: costs it nothing
-            records.run_record(run, nodes, wall, status, error, run_phases, run_notes)
-        except Exception as exc:
-            report("finishing the run record", exc)
-        failures.into_record(run)  # what failed after this (saving, sending) is in the log line only
-        self.last_run = run
-        if self.store is not None:
-            try:
-                self.store.save(run)
-            except Exception as exc:
-                report("saving the run", exc)
-        if self.on_event is not None:
-            try:
-                self.on_event("run", run)
-            except Exception as exc:
-                report("sending the run", exc)
-        failures.log_once(run.get("id"))
-        return run
+    def _finalize(self, *job) -> dict:
+        """Finish a closed run (``job``: the fields of :class:`~.finish.ClosedRun`)."""
+        closed = ClosedRun(*job)
+        return finish_run(closed, self.store, self.on_event, self._run_reporter(closed.failures),
+                          rendered=lambda run: setattr(self, "last_run", run))
 
     # ------------------------------------------------------------------ outside ComfyUI
     @contextmanager
