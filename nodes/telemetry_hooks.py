@@ -9,11 +9,12 @@ Hooks, least fragile first (all supported versions have them):
 * ``execution.PromptExecutor.execute_async``: a pass-through wrapper (``*args, **kwargs``) that opens
   the run before and closes it after, reading the outcome from ``status_messages``.
 
-Both are required; if either is missing telemetry stays off and nothing is patched. Optional extras:
-a pass-through wrapper of ``comfy.model_management.load_models_gpu`` (load seconds and partial
-loads, exactly per node) and a logging handler that flags ComfyUI's "Ran out of memory ...
-retrying" and "loaded partially" lines. Nothing here may fail a prompt: every hook body is
-guarded and reports its failures to the recorder.
+Both are required; if either is missing telemetry stays off and nothing is patched. Optional extras,
+each a pass-through wrapper that times the call for the node running: ``comfy.model_management.
+load_models_gpu`` (load seconds, partial and dynamic loads, exactly per node), ``free_memory``
+(unloading), ``comfy.lora.calculate_weight`` (LoRA patching); and a logging handler that flags
+ComfyUI's "Ran out of memory ... retrying" and "loaded partially" lines. Nothing here may fail a
+prompt: every hook body is guarded and reports its failures to the recorder.
 """
 from __future__ import annotations
 
@@ -34,9 +35,14 @@ PromptListener = Callable[[str, "str | None"], None]  # (prompt id, client id or
 
 # ---------------------------------------------------------------------------- loaded models
 def patcher_info(patcher) -> dict:
+    """A ModelPatcher as the recorder sees it. ``dynamic``: ComfyUI's Dynamic VRAM (``is_dynamic()``, 0.33+)
+    pages its weights in as it runs, so ``loaded_size()`` is near 0 right after the load, by design."""
     inner = getattr(patcher, "model", None)
     name = type(inner).__name__ if inner is not None else type(patcher).__name__
-    return {"name": name, "size": int(patcher.model_size()), "loaded": int(patcher.loaded_size())}
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    key = id(patcher)
+    return {"name": name, "key": key, "id": f"{key & 0xFFFFFF:06x}", "size": int(patcher.model_size()),
+            "loaded": int(patcher.loaded_size()), "dynamic": bool(is_dynamic()) if callable(is_dynamic) else False}
 
 
 class LoadedModels:
@@ -160,9 +166,12 @@ def outcome(executor) -> tuple[str, dict | None]:
 class ComfyHooks:
     """The patches installed into ComfyUI, and how to put each back."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.undo: list = []  # (owner, attribute, original) or (logger, None, handler)
         self.names: list[str] = []
+        self.loading = 0  # load_models_gpu calls under way (free_memory and LoRA patching inside one count as load)
+        self.in_lora = False
 
     def uninstall(self) -> None:
         while self.undo:
@@ -241,34 +250,18 @@ class ComfyHooks:
         done = []
         try:
             import comfy.model_management as mm
-
-            orig = mm.load_models_gpu
-            if not getattr(orig, "_wan_accel", False):
-                @functools.wraps(orig)
-                def load_models_gpu(models, *args, **kwargs):
-                    if recorder.run is None:
-                        return orig(models, *args, **kwargs)
-                    start = time.perf_counter()
-                    try:
-                        return orig(models, *args, **kwargs)
-                    finally:
-                        try:
-                            infos = []
-                            for m in models:
-                                try:
-                                    infos.append(patcher_info(m))
-                                except Exception as exc:
-                                    recorder.report_failure("reading a loaded model's size", exc)
-                            recorder.model_load(time.perf_counter() - start, infos)
-                        except Exception as exc:
-                            recorder.report_failure("model load hook", exc)
-
-                load_models_gpu._wan_accel = True
-                mm.load_models_gpu = load_models_gpu
-                self.undo.append((mm, "load_models_gpu", orig))
-                done.append("load_models_gpu")
         except Exception as exc:
-            log.info("wan_accel telemetry: model load timing off (%s)", exc)
+            log.info("wan_accel telemetry: model load, unload and LoRA timing off (%s)", exc)
+            mm = None
+        if mm is not None:
+            done += self._wrap(mm, "load_models_gpu", self._timed_load(recorder))
+            done += self._wrap(mm, "free_memory", self._timed_unload(recorder))
+            try:
+                import comfy.lora as lora
+            except Exception as exc:
+                log.info("wan_accel telemetry: LoRA patching time off (%s)", exc)
+            else:
+                done += self._wrap(lora, "calculate_weight", self._timed_lora(recorder))
         root = logging.getLogger()
         if not any(isinstance(h, LogWatch) for h in root.handlers):
             watch = LogWatch(recorder)
@@ -276,6 +269,87 @@ class ComfyHooks:
             self.undo.append((root, None, watch))
         done.append("log watch")
         return done
+
+    def _wrap(self, owner, name: str, make) -> list[str]:
+        """Replace ``owner.name`` with ``make(original)``; [] when it is missing or already ours."""
+        orig = getattr(owner, name, None)
+        if not callable(orig):
+            log.info("wan_accel telemetry: %s.%s missing, not timed", getattr(owner, "__name__", owner), name)
+            return []
+        if getattr(orig, "_wan_accel", False):
+            return [name]
+        wrapper = functools.wraps(orig)(make(orig))
+        wrapper._wan_accel = True
+        setattr(owner, name, wrapper)
+        self.undo.append((owner, name, orig))
+        return [name]
+
+    def _timed_load(self, recorder: Recorder):
+        hooks = self
+
+        def make(orig):
+            def load_models_gpu(models, *args, **kwargs):
+                if recorder.run is None:
+                    return orig(models, *args, **kwargs)
+                start = hooks.clock()
+                hooks.loading += 1
+                try:
+                    return orig(models, *args, **kwargs)
+                finally:
+                    hooks.loading -= 1
+                    try:
+                        infos = []
+                        for m in models:
+                            try:
+                                infos.append(patcher_info(m))
+                            except Exception as exc:
+                                recorder.report_failure("reading a loaded model's size", exc)
+                        recorder.model_load(hooks.clock() - start, infos)
+                    except Exception as exc:
+                        recorder.report_failure("model load hook", exc)
+
+            return load_models_gpu
+
+        return make
+
+    def _timed_unload(self, recorder: Recorder):
+        hooks = self
+
+        def make(orig):
+            def free_memory(*args, **kwargs):
+                if recorder.run is None:
+                    return orig(*args, **kwargs)
+                start = hooks.clock()
+                try:
+                    return orig(*args, **kwargs)
+                finally:
+                    recorder.model_unload(hooks.clock() - start, during_load=hooks.loading > 0)
+
+            return free_memory
+
+        return make
+
+    def _timed_lora(self, recorder: Recorder):
+        """Host seconds in ``comfy.lora.calculate_weight``: once per patched weight at load, and on every
+        use of a weight ComfyUI patches on the fly (partial loads, Dynamic VRAM). It calls itself for
+        nested patches: only the outermost call is timed."""
+        hooks = self
+
+        def make(orig):
+            def calculate_weight(*args, **kwargs):
+                if recorder.run is None or hooks.in_lora:
+                    return orig(*args, **kwargs)
+                hooks.in_lora = True
+                start = hooks.clock()
+                try:
+                    return orig(*args, **kwargs)
+                finally:
+                    hooks.in_lora = False
+                    recorder.lora_patch(hooks.clock() - start, during_load=hooks.loading > 0)
+
+            return calculate_weight
+
+        return make
 
 
 class LogWatch(logging.Handler):

@@ -1,13 +1,14 @@
 """What the recorder keeps about one node while a run goes on (mutable; rendered by :mod:`.records`)."""
 from __future__ import annotations
 
+from .model_activity import ModelActivity
+
 
 class NodeState:
     __slots__ = (
         "id", "display_id", "parent_id", "type", "title", "first_start", "seg_start", "active_s",
         "finish", "starts", "probe_token", "gpu_pending", "gpu_s", "mem", "rss_before", "rss_after",
-        "models_before", "models_after", "progress", "load_s", "load_end", "model_loads", "phases", "notes",
-        "cached", "status", "error", "order",
+        "models", "progress", "phases", "notes", "cached", "status", "error", "order",
     )
 
     def __init__(self, node_id: str, order: int):
@@ -27,12 +28,8 @@ class NodeState:
         self.mem: dict = {}  # probe figures in bytes: vram_peak_allocated, vram_allocated, ...
         self.rss_before = None
         self.rss_after = None
-        self.models_before: dict | None = None  # loaded-model snapshots: key -> {"name", "size", "loaded"}
-        self.models_after: dict | None = None
+        self.models = ModelActivity()
         self.progress: list = []  # (clock, value, max)
-        self.load_s = 0.0
-        self.load_end = None
-        self.model_loads: list = []  # {"seconds", "models": [model entries]}
         self.phases: list = []
         self.notes: list = []
         self.cached = False

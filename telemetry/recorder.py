@@ -32,17 +32,19 @@ from . import phases as _phases
 from . import records
 from .failures import RunFailures
 from .finish import ClosedRun, finish_run
+from .model_records import model_entry
 from .node_state import NodeState
 from .probes import NullProbe, default_probe, resolve_gpu_times
 from .run_ids import new_run_id
 
 log = logging.getLogger("wan_accel.telemetry")
 
-ModelInfo = records.ModelInfo
+ModelInfo = dict  # see model_activity.ModelInfo; snapshots are keyed by ModelInfo["key"]
 ModelSnapshot = Callable[[Callable[[str, BaseException], None]], dict]  # (report_failure) -> {key: ModelInfo}
 
 SCHEMA = records.SCHEMA
 MAX_EVENTS = 2000  # phases / notes kept per node (and per run outside nodes)
+RESIDENT_SAMPLE_S = 0.5  # Dynamic VRAM: how often progress ticks re-read what is resident (a few us each)
 
 
 class Recorder:
@@ -187,7 +189,8 @@ class Recorder:
                 node.first_start = now
                 # the previous node's reading stands for "before" (nothing runs in between): one syscall saved
                 node.rss_before = self._last_rss if self._last_rss is not None else self.probe.rss()
-                node.models_before = self._loaded_models()
+                node.models.before = self._loaded_models()
+                node.models.observe(node.models.before)
             if node.seg_start is None:
                 node.seg_start = now
                 try:
@@ -205,7 +208,13 @@ class Recorder:
             node = self._nodes.get(node_id)
             if node is None or node.first_start is None:
                 return
-            node.progress.append((self.clock(), float(value), float(max_value)))
+            now = self.clock()
+            node.progress.append((now, float(value), float(max_value)))
+            activity = node.models
+            # Dynamic VRAM pages weights in while the model runs: sample what is resident as the steps go
+            if activity.has_dynamic() and (activity.last_sample is None or now - activity.last_sample >= RESIDENT_SAMPLE_S):
+                activity.last_sample = now
+                activity.observe(self._loaded_models())
         except Exception as exc:
             self.report_failure("node_progress", exc)
 
@@ -215,14 +224,34 @@ class Recorder:
             return
         try:
             node = self._active
-            target = node.model_loads if node is not None else self._run_notes
-            entry = {"seconds": round(seconds, 4), "models": [records.model_entry(m) for m in models]}
-            target.append(entry if node is not None else {"name": "model_load", **entry})
-            if node is not None:
-                node.load_s += seconds
-                node.load_end = self.clock()
+            if node is None:
+                self._run_notes.append({"name": "model_load", "seconds": round(seconds, 4),
+                                        "models": [model_entry(m) for m in models]})
+                return
+            node.models.loaded(seconds, models, self.clock())
+            node.models.observe({m["key"]: m for m in models if "key" in m}, complete=False)
         except Exception as exc:
             self.report_failure("model_load", exc)
+
+    def model_unload(self, seconds: float, during_load: bool) -> None:
+        """ComfyUI freed VRAM (``free_memory``: unloading models) inside the running node."""
+        node = self._active
+        if self.run is None or node is None:
+            return
+        try:
+            node.models.unloaded(seconds, during_load)
+        except Exception as exc:
+            self.report_failure("model_unload", exc)
+
+    def lora_patch(self, seconds: float, during_load: bool) -> None:
+        """One LoRA-patched weight computed (at load, or on the fly during the steps) in the running node."""
+        node = self._active
+        if self.run is None or node is None:
+            return
+        try:
+            node.models.lora(seconds, during_load)
+        except Exception as exc:
+            self.report_failure("lora_patch", exc)
 
     def note(self, name: str, **info) -> None:
         """An instant event on the running node (OOM retry, a log line worth flagging)."""
@@ -290,8 +319,9 @@ class Recorder:
             return None
 
     def _snapshot_after(self, node: NodeState) -> None:
-        if node.models_before is not None:
-            node.models_after = self._loaded_models()
+        if node.models.before is not None:
+            node.models.after = self._loaded_models()
+            node.models.observe(node.models.after)
 
     def _resolve_gpu(self, block: bool) -> None:
         """Read finished CUDA event pairs of this run's nodes (never waits: ``block`` is for after the prompt)."""

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import model_records
+from .advice import node_advice
+from .model_records import mb
 from .node_state import NodeState
-from .probes import MB
 
 SCHEMA = 1
-
-ModelInfo = dict  # {"name": str, "size": int bytes, "loaded": int bytes}
-
-
-def mb(value: int | float | None) -> float | None:
-    return None if value is None else round(value / MB, 1)
 
 
 def clean_event(event: dict) -> dict:
@@ -31,15 +27,6 @@ def clean_event(event: dict) -> dict:
             value = str(value) if not isinstance(value, (list, tuple)) else [str(v) for v in value]
         out[key] = value
     return out
-
-
-def model_entry(m: ModelInfo) -> dict:
-    size = m.get("size") or 0
-    loaded = m.get("loaded") or 0
-    entry = {"name": m.get("name") or "model", "size_mb": mb(size), "loaded_mb": mb(loaded)}
-    if size and loaded < size - MB:
-        entry["offloaded_mb"] = mb(size - loaded)
-    return entry
 
 
 def oom_retries(node: NodeState) -> int:
@@ -61,8 +48,9 @@ def steps(node: NodeState) -> dict | None:
     if len(node.progress) < 1:
         return None
     anchor = node.first_start
-    if node.load_end is not None and node.load_end < node.progress[0][0]:
-        anchor = max(anchor, node.load_end)
+    load_end = node.models.load_end
+    if load_end is not None and load_end < node.progress[0][0]:
+        anchor = max(anchor, load_end)
     prev_t, prev_v = anchor, 0.0
     times: list[float] = []
     total = node.progress[-1][2]
@@ -95,11 +83,10 @@ def live_record(node: NodeState) -> dict:
     mem = node.mem
     if mem:
         rec["vram_peak_allocated_mb"] = mb(mem.get("vram_peak_allocated"))
-    if node.model_loads:
-        off = [m for e in node.model_loads for m in e["models"] if m.get("offloaded_mb")]
-        if off:
-            rec["partial_load"] = True
-            rec["offloaded_mb"] = round(sum(m["offloaded_mb"] for m in off), 1)
+    partial, offloaded = model_records.offloaded_in_loads(node.models)
+    if partial:
+        rec["partial_load"] = True
+        rec["offloaded_mb"] = offloaded
     if node.notes:
         rec["oom_retries"] = oom_retries(node)
     if node.progress:
@@ -136,7 +123,7 @@ def node_record(node: NodeState) -> dict:
     rec["ram_rss_mb"] = mb(node.rss_after)
     if node.rss_after is not None and node.rss_before is not None:
         rec["ram_delta_mb"] = mb(node.rss_after - node.rss_before)
-    models_diff(node, rec)
+    model_records.render(node.models, rec)
     done = steps(node)
     if done:
         rec["steps"] = done
@@ -148,45 +135,6 @@ def node_record(node: NodeState) -> dict:
     if node.error:
         rec["error"] = node.error
     return rec
-
-
-def models_diff(node: NodeState, rec: dict) -> None:
-    loaded, unloaded, partial = [], [], {}
-    if node.model_loads:
-        rec["model_load_s"] = round(node.load_s, 4)
-        for entry in node.model_loads:
-            for m in entry["models"]:
-                if m.get("offloaded_mb"):
-                    partial[m["name"]] = m
-    if node.models_before is not None and node.models_after is not None:
-        after = node.models_after
-        before = node.models_before
-        for key, m in after.items():
-            old = before.get(key)
-            if old is None or m.get("loaded", 0) > old.get("loaded", 0) + MB:
-                entry = model_entry(m)
-                if old is not None:
-                    entry["was_loaded_mb"] = mb(old.get("loaded", 0))
-                loaded.append(entry)
-                if entry.get("offloaded_mb"):
-                    partial.setdefault(entry["name"], entry)
-        for key, m in before.items():
-            new = after.get(key)
-            if new is None:
-                unloaded.append({"name": m.get("name"), "freed_mb": mb(m.get("loaded", 0))})
-            elif new.get("loaded", 0) < m.get("loaded", 0) - MB:
-                unloaded.append({"name": m.get("name"), "freed_mb": mb(m["loaded"] - new.get("loaded", 0)),
-                                 "partial": True})
-    if loaded:
-        rec["models_loaded"] = loaded
-    if unloaded:
-        rec["models_unloaded"] = unloaded
-    if partial:
-        rec["partial_load"] = True
-        rec["offloaded_mb"] = round(sum(m.get("offloaded_mb") or 0 for m in partial.values()), 1)
-        rec["partial_models"] = list(partial.values())
-    else:
-        rec["partial_load"] = False
 
 
 def totals(records: list[dict], wall: float) -> dict:
@@ -206,6 +154,12 @@ def totals(records: list[dict], wall: float) -> dict:
         "gpu_s": round(sum(gpu), 6) if gpu else None,
         "vram_peak_allocated_mb": max(peaks) if peaks else None,
         "model_load_s": round(sum(r.get("model_load_s") or 0 for r in executed), 4),
+        "model_unload_s": round(sum(r.get("model_unload_s") or 0 for r in executed), 4),
+        "model_moves_s": round(sum(r.get("model_moves_s") or 0 for r in executed), 4),
+        "model_swaps": sum(1 for r in executed if r.get("model_swap")),
+        "lora_patch_s": round(sum(r.get("lora_patch_s") or 0 for r in executed), 4),
+        "lora_patch_steps_s": round(sum(r.get("lora_patch_steps_s") or 0 for r in executed), 4),
+        "dynamic_loads": sum(1 for r in executed if r.get("dynamic_load")),
         "partial_loads": sum(1 for r in executed if r.get("partial_load")),
         "offloaded_mb": round(sum(r.get("offloaded_mb") or 0 for r in executed), 1),
         "oom_retries": sum(r.get("oom_retries") or 0 for r in executed),
@@ -225,4 +179,12 @@ def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, erro
     run["phases"] = run_phases
     run["notes"] = run_notes
     run["totals"] = totals(records, wall)
+    model_records.name_models_apart(records)
+    findings = []
+    for rec in records:
+        advice = node_advice(rec, wall)
+        if advice:
+            rec["advice"] = advice
+            findings += [{"node_id": rec["node_id"], "type": rec.get("type"), **a} for a in advice]
+    run["advice"] = findings
     return run

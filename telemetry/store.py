@@ -22,8 +22,9 @@ MAX_LIST = 500
 CSV_COLUMNS = [
     "run_id", "node_id", "display_node_id", "type", "status", "cached", "seconds", "share", "span_s",
     "gpu_s", "vram_peak_allocated_mb", "vram_peak_reserved_mb", "vram_allocated_mb", "vram_reserved_mb",
-    "ram_rss_mb", "ram_delta_mb", "model_load_s", "models_loaded", "models_unloaded", "partial_load",
-    "offloaded_mb", "steps", "step_mean_s", "step_max_s", "oom_retries", "phases", "error",
+    "ram_rss_mb", "ram_delta_mb", "model_load_s", "model_unload_s", "model_moves_s", "models_loaded",
+    "models_unloaded", "partial_load", "offloaded_mb", "dynamic_load", "lora_patch_s", "lora_patch_steps_s", "steps",
+    "step_unit", "step_mean_s", "step_max_s", "oom_retries", "phases", "advice", "error",
 ]
 
 
@@ -46,9 +47,11 @@ def run_to_csv(run: dict) -> str:
             models_loaded=";".join(m.get("name", "") for m in rec.get("models_loaded", [])),
             models_unloaded=";".join(m.get("name", "") for m in rec.get("models_unloaded", [])),
             steps=steps.get("count"),
+            step_unit=steps.get("unit"),
             step_mean_s=steps.get("mean_s"),
             step_max_s=steps.get("max_s"),
             phases=";".join(f"{p.get('name')}={p.get('seconds')}" for p in rec.get("phases", [])),
+            advice=" | ".join(a.get("text", "") for a in rec.get("advice", [])),
             error=(error.get("message") or "")[:500] if error else None,
         )
         writer.writerow({k: _cell(v) for k, v in row.items()})

@@ -180,6 +180,61 @@ def test_routes_reject_bad_input(server):
     assert err.value.code == 404
 
 
+# ---------------------------------------------------------------------------- hooks on the real modules
+def test_hooks_time_real_model_loads_unloads_and_lora_patching(comfyui):
+    """The optional hooks wrap this ComfyUI's own load_models_gpu, free_memory and comfy.lora.calculate_weight:
+    a real ModelPatcher with a patch loads, is patched, and is unloaded inside two recorded nodes."""
+    import torch
+
+    import comfy.lora
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from wan_accel.nodes import telemetry_hooks as th
+    from wan_accel.telemetry.recorder import Recorder
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 64)
+
+        def get_dtype(self):
+            return torch.float32
+
+    originals = (mm.load_models_gpu, mm.free_memory, comfy.lora.calculate_weight)
+    rec = Recorder(models=th.loaded_models_snapshot)
+    hooks = th.ComfyHooks()
+    ok, reason = hooks.install(rec)
+    try:
+        assert ok and {"load_models_gpu", "free_memory", "calculate_weight"} <= set(hooks.names), reason
+        model = Tiny()
+        before = model.proj.weight.detach().clone()
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+        patcher.add_patches({"proj.weight": (torch.ones(64, 64),)}, 0.5)
+        rec.begin_run("real-hooks")
+        rec.node_start("1", "KSampler")
+        mm.load_models_gpu([patcher])
+        patched = model.proj.weight.detach().clone()
+        rec.node_finish("1")
+        rec.node_start("2", "VAEDecode")
+        mm.free_memory(1e30, torch.device("cpu"))
+        rec.node_finish("2")
+        run = rec.end_run()
+        restored = model.proj.weight.detach().clone()
+    finally:
+        hooks.uninstall()
+        mm.unload_all_models()
+    assert (mm.load_models_gpu, mm.free_memory, comfy.lora.calculate_weight) == originals
+    # the pass-throughs change nothing: patched at load, put back at unload
+    assert torch.allclose(patched, before + 0.5) and torch.equal(restored, before)
+    load, unload = run["nodes"]
+    assert run["telemetry_failures"] == 0, run.get("telemetry_failure_sites")
+    assert load["model_load_s"] > 0 and load["lora_patches"] == 1 and load["lora_patch_steps_s"] == 0
+    assert load["models_loaded"][0]["name"] == "Tiny" and "dynamic" not in load["models_loaded"][0]  # CPU: never dynamic
+    assert load["partial_load"] is False
+    assert unload["model_unload_s"] > 0 and unload["models_unloaded"][0]["name"] == "Tiny"
+
+
 # ---------------------------------------------------------------------------- browser
 @pytest.fixture
 def browser(server):

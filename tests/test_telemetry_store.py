@@ -42,6 +42,7 @@ def test_run_saved_as_json_and_csv(tmp_path):
     rows = list(csv.DictReader(io.StringIO((folder / f"{run['id']}.csv").read_text())))
     assert [r["node_id"] for r in rows] == ["1", "2", "3"]
     assert rows[1]["cached"] == "True" and rows[0]["type"] == "EmptyImage"
+    assert {"model_moves_s", "lora_patch_s", "dynamic_load", "step_unit", "advice"} <= set(rows[0])
     runs, unreadable = store.list()
     assert runs[0]["id"] == run["id"] and runs[0]["prompt_id"] == "prompt-1" and unreadable == 0
 
