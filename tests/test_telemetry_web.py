@@ -46,3 +46,49 @@ def test_panel_step_cells_name_their_unit():
     html = run_js("""out(panel.summaryHtml({records: new Map(data.recs.map(r => [r.node_id, r])), run: null, done: true},
                                            () => ''));""", recs=[SAMPLER, VAE])
     assert "VAE step 24: 0.25s" in html and "sampler step 2: 17.5s" in html
+
+
+SWAP = {"node_id": "58", "type": "KSamplerAdvanced", "status": "ok", "cached": False, "seconds": 40.0, "share": 0.5,
+        "partial_load": True, "offloaded_mb": 2300.0, "model_moves_s": 4.3, "model_unload_s": 1.5, "model_swap": True,
+        "models_loaded": [{"name": "WAN22@bbbbbb", "size_mb": 16384.0, "loaded_mb": 14084.0, "offloaded_mb": 2300.0}],
+        "models_unloaded": [{"name": "WAN22@aaaaaa", "freed_mb": 14084.0}],
+        "lora_patch_s": 2.4, "lora_patch_steps_s": 1.6, "lora_patches": 120,
+        "advice": [{"kind": "partial_load", "mb": 2300.0, "text": "partial load: 2.2 GB of WAN22@bbbbbb stayed in RAM ..."},
+                   {"kind": "model_swap", "seconds": 4.3, "text": "model swap: 4.3 s moving models (WAN22@aaaaaa out, WAN22@bbbbbb in) ..."},
+                   {"kind": "lora_steps", "seconds": 1.6, "text": "LoRA on the fly: 1.6 s ..."}]}
+DYNAMIC = {"node_id": "3", "type": "KSampler", "status": "ok", "cached": False, "seconds": 20.0, "share": 0.9,
+           "partial_load": False, "dynamic_load": True, "model_moves_s": 0.2,
+           "models_loaded": [{"name": "WAN22", "size_mb": 16384.0, "loaded_mb": 64.0, "dynamic": True}],
+           "models_resident": [{"name": "WAN22", "size_mb": 16384.0, "start_mb": 0.0, "end_mb": 1024.0, "peak_mb": 8256.0,
+                                "dynamic": True, "used": True}],
+           "advice": [{"kind": "dynamic_streamed", "mb": 8128.0, "text": "Dynamic VRAM: at most 8.1 GB of WAN22's 16.0 GB ..."}]}
+
+
+def test_time_lost_outside_our_engines_is_marked_on_the_graph():
+    parts = run_js("out(data.recs.map(r => parts.overlayParts(r).map(p => p.kind + ':' + p.text)));", recs=[SWAP, DYNAMIC, SAMPLER])
+    assert parts[0][-1] == "warn:! 2.25G offloaded swap 4.30s LoRA 2.40s"
+    assert parts[1][-1] == "warn:! 7.94G streamed"
+    assert not any(p.startswith("warn:") for p in parts[2])  # nothing found, nothing marked
+
+
+def test_hover_card_explains_moves_lora_dynamic_vram_and_the_fixes():
+    swap, dyn = run_js("out(data.recs.map(parts.tooltipText));", recs=[SWAP, DYNAMIC])
+    assert "models moved 4.30s (unloading 1.50s): swap, WAN22@aaaaaa out, WAN22@bbbbbb in" in swap
+    assert "LoRA patching 2.40s, 1.60s of it on the fly during the steps (120 weights)" in swap
+    assert "→ partial load: 2.2 GB of WAN22@bbbbbb stayed in RAM" in swap and "→ model swap: 4.3 s" in swap
+    assert "WAN22: Dynamic VRAM, up to 8.06G of 16.0G resident (0M at the start, 1.00G at the end); not a partial load" in dyn
+    assert "offloaded" not in dyn
+
+
+def test_summary_lists_the_findings_and_the_run_totals():
+    html = run_js("""const recs = new Map(data.recs.map(r => [r.node_id, r]));
+        out(panel.summaryHtml({records: recs, run: data.run, done: true}, () => ''));""",
+                  recs=[SWAP, DYNAMIC], run={"id": "20260101-000000-0123abcd", "wall_s": 80.0, "status": "success",
+                                             "totals": {"model_moves_s": 4.5, "model_swaps": 1, "lora_patch_s": 2.4,
+                                                        "lora_patch_steps_s": 1.6, "dynamic_loads": 1, "partial_loads": 1,
+                                                        "offloaded_mb": 2300.0},
+                                             "advice": [{"node_id": "58", "type": "KSamplerAdvanced", **SWAP["advice"][1]}]})
+    assert "models moved 4.50s (1 swap)" in html and "LoRA 2.40s (1.60s during steps)" in html
+    assert "1 Dynamic VRAM load" in html
+    assert "Time lost outside the VAE and attention" in html and "#58 KSamplerAdvanced</span> model swap: 4.3 s" in html
+    assert "+WAN22 dyn 8.06G/16.0G" in html and "+WAN22@bbbbbb 13.8G/16.0G" in html

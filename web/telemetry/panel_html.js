@@ -1,6 +1,6 @@
 // The summary panel's and the A/B view's HTML, from run records (pure: no DOM, no app).
 import { esc, fmtMB, fmtPct, fmtS } from "./format.js";
-import { stepsName, TIPS } from "./parts.js";
+import { modelLines, stepsName, TIPS } from "./parts.js";
 
 export const CSS = `
 #wan-accel-telemetry{position:fixed;right:12px;bottom:64px;width:min(900px,calc(100vw - 24px));max-height:62vh;overflow:auto;z-index:1100;
@@ -23,6 +23,9 @@ export const CSS = `
 #wan-accel-telemetry .faster{color:#6d6}
 #wan-accel-telemetry .slower{color:#f77}
 #wan-accel-telemetry .sec{padding:6px 10px}
+#wan-accel-telemetry .advice{border-bottom:1px solid #334}
+#wan-accel-telemetry .advice ul{margin:4px 0 0;padding-left:18px}
+#wan-accel-telemetry .advice li{margin:2px 0}
 #wan-accel-telemetry-btn{position:fixed;left:50%;transform:translateX(-50%);bottom:10px;z-index:1101;background:#1b1e24;color:#dde;border:1px solid #445;border-radius:14px;padding:3px 10px;font:12px ui-monospace,monospace;cursor:pointer;opacity:.9}
 #wan-accel-telemetry-tip{position:fixed;z-index:1200;pointer-events:none;background:#111;color:#eee;border:1px solid #555;border-radius:6px;padding:6px 8px;font:11px/1.4 ui-monospace,monospace;max-width:380px;display:none;white-space:pre-wrap}
 `;
@@ -36,8 +39,10 @@ export function totalsHtml(run, recs) {
     [`nodes ${executed.length} run, ${recs.length - executed.length} cached`, TIPS.cached],
     [`GPU ${fmtS(t.gpu_s)}`, TIPS.gpu],
     [`peak VRAM ${fmtMB(t.vram_peak_allocated_mb)}`, TIPS.vram],
-    [`model loads ${fmtS(t.model_load_s ?? 0)}`, TIPS.models],
+    [`models moved ${fmtS(t.model_moves_s ?? t.model_load_s ?? 0)}${t.model_swaps ? ` (${t.model_swaps} swap${t.model_swaps > 1 ? "s" : ""})` : ""}`, TIPS.moves],
   ];
+  if (t.lora_patch_s) bits.push([`LoRA ${fmtS(t.lora_patch_s)}${t.lora_patch_steps_s ? ` (${fmtS(t.lora_patch_steps_s)} during steps)` : ""}`, TIPS.lora]);
+  if (t.dynamic_loads) bits.push([`${t.dynamic_loads} Dynamic VRAM load${t.dynamic_loads > 1 ? "s" : ""}`, TIPS.models]);
   if (t.overhead_s != null) bits.push([`outside nodes ${fmtS(t.overhead_s)}`, "Wall time not spent inside any node: ComfyUI's own scheduling, caching, saving."]);
   let html = bits.map(([h, tip]) => `<span title="${esc(tip)}">${h}</span>`).join("");
   if (t.partial_loads) html += `<span class="warn" title="${esc(TIPS.partial)}">! ${t.partial_loads} partial load(s), ${fmtMB(t.offloaded_mb)} offloaded</span>`;
@@ -48,11 +53,24 @@ export function totalsHtml(run, recs) {
 
 export function modelsCell(r) {
   const out = [];
-  for (const m of r.models_loaded ?? []) out.push(`+${m.name} ${fmtMB(m.loaded_mb)}${m.offloaded_mb ? `/${fmtMB(m.size_mb)}` : ""}`);
+  const peak = new Map((r.models_resident ?? []).filter((m) => m.dynamic).map((m) => [m.name, m.peak_mb]));
+  for (const m of r.models_loaded ?? []) {
+    if (m.dynamic) out.push(`+${m.name} dyn ${fmtMB(peak.get(m.name) ?? m.loaded_mb)}/${fmtMB(m.size_mb)}`);
+    else out.push(`+${m.name} ${fmtMB(m.loaded_mb)}${m.offloaded_mb ? `/${fmtMB(m.size_mb)}` : ""}`);
+  }
   for (const m of r.models_unloaded ?? []) out.push(`−${m.name} ${fmtMB(m.freed_mb)}`);
+  if (r.model_moves_s) out.push(`${fmtS(r.model_moves_s)}`);
   const text = out.join(" ");
-  const tip = `${TIPS.models}${r.model_load_s ? `\nload time ${fmtS(r.model_load_s)}` : ""}`;
+  const tip = [TIPS.models, ...modelLines(r)].join("\n");
   return `<td class="l wrap" title="${esc(tip)}">${esc(text.length > 60 ? text.slice(0, 59) + "…" : text)}</td>`;
+}
+
+// The run's findings: time lost outside the VAE and attention, each with its fix.
+export function adviceHtml(run) {
+  const found = run?.advice ?? [];
+  if (!found.length) return "";
+  const items = found.map((a) => `<li><span class="warn">#${esc(a.node_id)} ${esc(a.type ?? "")}</span> ${esc(a.text)}</li>`).join("");
+  return `<div class="sec advice" title="${esc(TIPS.advice)}"><b>Time lost outside the VAE and attention</b><ul>${items}</ul></div>`;
 }
 
 // cur: {records: Map, run, done}; runUrl(id, format) -> the route's URL
@@ -66,13 +84,14 @@ export function summaryHtml(cur, runUrl) {
     ["node", "Node id (subgraph nodes as parent:child)", "l"], ["type", "Node class", "l"], ["time", TIPS.time], ["share", TIPS.share],
     ["GPU", TIPS.gpu], ["peak VRAM", TIPS.vram], ["VRAM after", TIPS.vram_after], ["RAM", TIPS.ram], ["steps", TIPS.steps], ["models", TIPS.models, "l"], ["", `${TIPS.partial}\n${TIPS.oom}`, "l"],
   ];
-  let html = totalsHtml(cur.run, recs);
+  let html = totalsHtml(cur.run, recs) + adviceHtml(cur.run);
   html += `<table><tr>${head.map(([h, tip, c]) => `<th class="${c ?? ""}" title="${esc(tip)}">${h}</th>`).join("")}</tr>`;
   for (const r of sorted) {
     const share = r.share ?? (wall ? (r.seconds ?? 0) / wall : null);
     const flags = [];
     if (r.partial_load) flags.push(`<span class="warn" title="${esc(TIPS.partial + "\n" + (r.partial_models ?? []).map((m) => `${m.name}: ${fmtMB(m.loaded_mb)} of ${fmtMB(m.size_mb)} on GPU`).join("\n"))}">! ${fmtMB(r.offloaded_mb ?? 0)} offloaded</span>`);
     if (r.oom_retries) flags.push(`<span class="warn" title="${esc(TIPS.oom)}">OOM×${r.oom_retries}</span>`);
+    if (r.lora_patch_s && (r.advice ?? []).some((a) => a.kind.startsWith("lora"))) flags.push(`<span class="warn" title="${esc(TIPS.lora)}">LoRA ${fmtS(r.lora_patch_s)}</span>`);
     if (r.status === "error" || r.status === "interrupted") flags.push(`<span class="err" title="${esc(r.error?.message ?? r.status)}">${esc(r.status)}</span>`);
     if (r.cached) flags.push(`<span class="muted" title="${esc(TIPS.cached)}">cached</span>`);
     const unit = r.steps?.unit ?? "step";

@@ -10,7 +10,10 @@ export const TIPS = {
   vram_after: "VRAM allocated / reserved when the node finished.",
   ram: "Process resident memory (RSS) when the node finished, and its change during the node.",
   steps: "Progress steps of the node: count x mean seconds per step. Sampler steps for samplers; VAE steps (one per tile and frame slice) for VAE nodes; hover for every step.",
-  models: "Models loaded (+) or unloaded (-) during the node, with load seconds.",
+  models: "Models loaded (+) or unloaded (-) during the node, with the seconds spent moving them (load_models_gpu, free_memory). dyn: ComfyUI's Dynamic VRAM pages the weights in while the model runs; 'resident' is the most that was in VRAM during the node.",
+  moves: "Seconds ComfyUI spent moving models into and out of VRAM during the node (loads, unloads, swaps).",
+  lora: "Seconds computing LoRA-patched weights (comfy.lora.calculate_weight, host time): once per weight at load, and on every step for weights patched on the fly (partial loads, Dynamic VRAM).",
+  advice: "Time lost outside the VAE and attention, with the fix you can apply.",
   partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
   oom: "Out-of-memory retries inside the node (e.g. VAE decode retried tiled).",
   cached: "Output came from ComfyUI's cache: the node did not run.",
@@ -55,6 +58,13 @@ export function overlayParts(rec) {
   const warn = [];
   if (rec.partial_load) warn.push(`${fmtMB(rec.offloaded_mb ?? 0)} offloaded`);
   if (rec.oom_retries) warn.push(`OOM×${rec.oom_retries}`);
+  // costs worth a line of advice (the run record's findings) get a mark on the graph too
+  const found = new Set((rec.advice ?? []).map((a) => a.kind));
+  if (found.has("model_swap")) warn.push(`swap ${fmtS(rec.model_moves_s)}`);
+  else if (found.has("model_load")) warn.push(`load ${fmtS(rec.model_moves_s)}`);
+  if (found.has("lora_steps") || found.has("lora_load")) warn.push(`LoRA ${fmtS(rec.lora_patch_s)}`);
+  const streamed = (rec.advice ?? []).find((a) => a.kind === "dynamic_streamed");
+  if (streamed) warn.push(`${fmtMB(streamed.mb)} streamed`);
   if (warn.length) parts.push({ text: `! ${warn.join(" ")}`, kind: "warn" });
   return parts;
 }
@@ -70,6 +80,25 @@ export function tooltipText(rec) {
   if (rec.steps?.count) lines.push(`${rec.steps.count} ${stepsName(rec.steps)} × ${fmtS(rec.steps.mean_s)} — ${TIPS.steps}`);
   if (rec.partial_load) lines.push(`! ${fmtMB(rec.offloaded_mb ?? 0)} offloaded — ${TIPS.partial}`);
   if (rec.oom_retries) lines.push(`OOM×${rec.oom_retries} — ${TIPS.oom}`);
+  lines.push(...modelLines(rec));
   if (rec.error?.message) lines.push(`error: ${rec.error.message.slice(0, 200)}`);
+  for (const a of rec.advice ?? []) lines.push(`→ ${a.text}`);
   return lines.join("\n");
+}
+
+// What happened to models during the node, one line each (hover card, panel tooltips).
+export function modelLines(rec) {
+  const lines = [];
+  if (rec.model_moves_s) {
+    let t = `models moved ${fmtS(rec.model_moves_s)}`;
+    if (rec.model_unload_s) t += ` (unloading ${fmtS(rec.model_unload_s)})`;
+    if (rec.model_swap) t += `: swap, ${(rec.models_unloaded ?? []).map((m) => m.name).join(", ")} out, ${(rec.models_loaded ?? []).map((m) => m.name).join(", ")} in`;
+    lines.push(t);
+  }
+  if (rec.lora_patch_s) lines.push(`LoRA patching ${fmtS(rec.lora_patch_s)}${rec.lora_patch_steps_s ? `, ${fmtS(rec.lora_patch_steps_s)} of it on the fly during the steps` : " at load"} (${rec.lora_patches} weights)`);
+  for (const m of rec.models_resident ?? []) {
+    if (!m.dynamic) continue;
+    lines.push(`${m.name}: Dynamic VRAM, up to ${fmtMB(m.peak_mb)} of ${fmtMB(m.size_mb)} resident (${fmtMB(m.start_mb)} at the start, ${fmtMB(m.end_mb)} at the end); not a partial load`);
+  }
+  return lines;
 }
