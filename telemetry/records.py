@@ -29,6 +29,29 @@ def clean_event(event: dict) -> dict:
     return out
 
 
+ATTENTION_FIELDS = ("model", "shape", "backend", "requested", "fallback", "reason", "node_id")
+
+
+def attention(node: NodeState) -> list[dict]:
+    """The attention kernels that ran in this node, from the ``attention_backend`` notes the attention
+    override emits once per (model, shape, outcome): ``model``, ``shape``, ``backend`` (what ran),
+    ``requested``, ``fallback``, ``reason``, ``node_id`` (the WanAccelAttention node that asked)."""
+    out, seen = [], set()
+    for n in node.notes:
+        if n.get("name") != "attention_backend":
+            continue
+        entry = {k: n.get(k) for k in ATTENTION_FIELDS}
+        reason = str(entry["reason"] or "")
+        entry["fallback"] = bool(entry["fallback"]) or reason.startswith("fallback")
+        if entry["node_id"] is not None:
+            entry["node_id"] = str(entry["node_id"])
+        key = tuple(entry.values())
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
 def oom_retries(node: NodeState) -> int:
     return sum(1 for n in node.notes if "oom" in str(n.get("name", "")).lower())
 
@@ -89,6 +112,9 @@ def live_record(node: NodeState) -> dict:
         rec["offloaded_mb"] = offloaded
     if node.notes:
         rec["oom_retries"] = oom_retries(node)
+        kernels = attention(node)
+        if kernels:
+            rec["attention"] = kernels
     if node.progress:
         done = steps(node)
         if done:
@@ -132,6 +158,9 @@ def node_record(node: NodeState) -> dict:
     if node.notes:
         rec["notes"] = node.notes
     rec["oom_retries"] = oom_retries(node)
+    kernels = attention(node)
+    if kernels:
+        rec["attention"] = kernels
     if node.error:
         rec["error"] = node.error
     return rec
@@ -163,6 +192,7 @@ def totals(records: list[dict], wall: float) -> dict:
         "partial_loads": sum(1 for r in executed if r.get("partial_load")),
         "offloaded_mb": round(sum(r.get("offloaded_mb") or 0 for r in executed), 1),
         "oom_retries": sum(r.get("oom_retries") or 0 for r in executed),
+        "attention_fallbacks": sum(1 for r in executed for a in r.get("attention") or () if a["fallback"]),
         "errors": sum(1 for r in records if r.get("status") in ("error", "interrupted")),
     }
 

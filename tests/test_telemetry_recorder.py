@@ -494,3 +494,39 @@ def test_events_per_node_are_bounded_and_dicts_kept():
     node = rec.end_run()["nodes"][0]
     assert node["notes"][0]["timings"] == {"sdpa": 1.5, "sage": 0.9}
     assert len(node["phases"]) == MAX_EVENTS + 1 and node["phases"][-1]["name"] == "telemetry.events_dropped"
+
+
+# ---------------------------------------------------------------------------- attention kernels
+def test_attention_kernels_that_ran_are_on_the_sampler_once_each():
+    events = []
+    rec, clock = make(events=events)
+    rec.begin_run("p")
+    rec.node_start("62", "WanAccelAttention")  # patches the model; runs nothing
+    rec.node_finish("62")
+    rec.node_start("57", "KSamplerAdvanced")
+    for _ in range(3):  # the override emits once per (model, shape, outcome); repeats must not multiply
+        phases.note("attention_backend", model="WanModel@a1b2c3", shape="1x40x1560x128", backend="sage",
+                    requested="sage", fallback=False, reason="as set", node_id="62")
+    phases.note("attention_backend", model="WanModel@a1b2c3", shape="1x40x512x128", backend="sdpa",
+                requested="sage", fallback=True, reason="sage: head dim 72 unsupported", node_id=62)
+    rec.node_finish("57")
+    run = rec.end_run()
+    sampler = by_id(run)["57"]
+    assert sampler["attention"] == [
+        {"model": "WanModel@a1b2c3", "shape": "1x40x1560x128", "backend": "sage", "requested": "sage", "fallback": False,
+         "reason": "as set", "node_id": "62"},
+        {"model": "WanModel@a1b2c3", "shape": "1x40x512x128", "backend": "sdpa", "requested": "sage", "fallback": True,
+         "reason": "sage: head dim 72 unsupported", "node_id": "62"}]
+    assert events[-2][1]["record"]["attention"] == sampler["attention"]  # live, for the overlay
+    assert "attention" not in by_id(run)["62"]
+    assert run["totals"]["attention_fallbacks"] == 1
+
+
+def test_attention_notes_without_the_new_fields_still_show():
+    rec, _ = make()
+    rec.begin_run("p")
+    rec.node_start("57", "KSamplerAdvanced")
+    phases.note("attention_backend", model="m", shape="s", backend="sub_quad", reason="fallback: sage unavailable")
+    rec.node_finish("57")
+    [entry] = rec.end_run()["nodes"][0]["attention"]
+    assert entry["fallback"] is True and entry["requested"] is None and entry["node_id"] is None
