@@ -5,9 +5,9 @@
 // script; those modules only export).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { allNodes, applyRecord, attachBadges, clearOverlay, dom, installTooltip, redraw, refreshNode, SETTING_OVERLAY, setting } from "./telemetry/overlay.js";
+import { allNodes, applyRecord, attachBadges, chipsOnScreen, clearOverlay, installTooltip, layer, redraw, SETTING_OVERLAY, setting } from "./telemetry/overlay.js";
 import { Panel } from "./telemetry/panel.js";
-import { overlayParts } from "./telemetry/parts.js";
+import { nodeParts, overlayParts } from "./telemetry/parts.js";
 
 const EXT = "WanAccel.Telemetry";
 const SETTING_PANEL = "WanAccel.Telemetry.OpenPanelAfterRun";
@@ -79,7 +79,7 @@ function onRun(e) {
 app.registerExtension({
   name: EXT,
   settings: [
-    { id: SETTING_OVERLAY, name: "Show per-node telemetry overlay (time, share of run, peak VRAM, partial-load / OOM warnings)", type: "boolean", defaultValue: true, category: ["Wan Accel", "Telemetry", "Overlay"], onChange: () => { for (const n of allNodes()) refreshNode(n); redraw(); } },
+    { id: SETTING_OVERLAY, name: "Show per-node telemetry overlay (time, share of run, peak VRAM, partial-load / OOM warnings)", type: "boolean", defaultValue: true, category: ["Wan Accel", "Telemetry", "Overlay"], onChange: () => redraw() },
     { id: SETTING_PANEL, name: "Open the telemetry summary panel after each run", type: "boolean", defaultValue: false, category: ["Wan Accel", "Telemetry", "Panel"] },
   ],
   commands: [{ id: "WanAccel.Telemetry.TogglePanel", label: "Toggle Wan Accel telemetry panel", icon: "pi pi-stopwatch", function: () => panel.toggle() }],
@@ -95,9 +95,9 @@ app.registerExtension({
     btn.title = "Wan Accel telemetry: run summary and A/B view";
     btn.addEventListener("click", () => panel.toggle());
     document.body.appendChild(btn);
-    installTooltip(() => !!state.current);
+    installTooltip();
     for (const n of allNodes()) attachBadges(n);
-    window.wanAccelTelemetry = { dom, open: () => panel.open(), toggle: () => panel.toggle(), state, showRun, getRun, loadRuns, overlayParts, setTab: (t) => panel.setTab(t) };
+    window.wanAccelTelemetry = { layer, chips: chipsOnScreen, open: () => panel.open(), toggle: () => panel.toggle(), state, showRun, getRun, loadRuns, overlayParts, nodeParts, setTab: (t) => panel.setTab(t) };
   },
   nodeCreated(node) {
     attachBadges(node);

@@ -29,6 +29,7 @@ export class Panel {
 
   open() {
     this.ensure().style.display = "block";
+    this.render(); // what is known now; the saved-run list follows
     this.data.loadRuns();
   }
 

@@ -1,6 +1,6 @@
 // The summary panel's and the A/B view's HTML, from run records (pure: no DOM, no app).
 import { esc, fmtMB, fmtPct, fmtS } from "./format.js";
-import { modelLines, stepsName, TIPS } from "./parts.js";
+import { attentionLines, attentionParts, modelLines, stepsName, TIPS } from "./parts.js";
 
 export const CSS = `
 #wan-accel-telemetry{position:fixed;right:12px;bottom:64px;width:min(900px,calc(100vw - 24px));max-height:62vh;overflow:auto;z-index:1100;
@@ -19,6 +19,7 @@ export const CSS = `
 #wan-accel-telemetry .bar{display:inline-block;height:8px;background:#d9692c;vertical-align:middle;margin-right:4px}
 #wan-accel-telemetry .warn{color:#ffcc00}
 #wan-accel-telemetry .err{color:#f66}
+#wan-accel-telemetry .attn{color:#c9b6ff}
 #wan-accel-telemetry .muted{color:#778}
 #wan-accel-telemetry .faster{color:#6d6}
 #wan-accel-telemetry .slower{color:#f77}
@@ -27,7 +28,7 @@ export const CSS = `
 #wan-accel-telemetry .advice ul{margin:4px 0 0;padding-left:18px}
 #wan-accel-telemetry .advice li{margin:2px 0}
 #wan-accel-telemetry-btn{position:fixed;left:50%;transform:translateX(-50%);bottom:10px;z-index:1101;background:#1b1e24;color:#dde;border:1px solid #445;border-radius:14px;padding:3px 10px;font:12px ui-monospace,monospace;cursor:pointer;opacity:.9}
-#wan-accel-telemetry-tip{position:fixed;z-index:1200;pointer-events:none;background:#111;color:#eee;border:1px solid #555;border-radius:6px;padding:6px 8px;font:11px/1.4 ui-monospace,monospace;max-width:380px;display:none;white-space:pre-wrap}
+#wan-accel-telemetry-tip{position:fixed;z-index:1200;pointer-events:none;background:#111;color:#eee;border:1px solid #555;border-radius:6px;padding:6px 8px;font:11px/1.4 ui-monospace,monospace;max-width:520px;display:none;white-space:pre-wrap}
 `;
 
 export function totalsHtml(run, recs) {
@@ -94,10 +95,11 @@ export function summaryHtml(cur, runUrl) {
     if (r.lora_patch_s && (r.advice ?? []).some((a) => a.kind.startsWith("lora"))) flags.push(`<span class="warn" title="${esc(TIPS.lora)}">LoRA ${fmtS(r.lora_patch_s)}</span>`);
     if (r.status === "error" || r.status === "interrupted") flags.push(`<span class="err" title="${esc(r.error?.message ?? r.status)}">${esc(r.status)}</span>`);
     if (r.cached) flags.push(`<span class="muted" title="${esc(TIPS.cached)}">cached</span>`);
+    for (const p of attentionParts(r.attention)) flags.push(`<span class="${p.kind === "warn" ? "warn" : "attn"}" title="${esc([TIPS.attention, ...attentionLines(r.attention)].join("\n"))}">${esc(p.text)}</span>`);
     const unit = r.steps?.unit ?? "step";
     const steps = r.steps?.count ? `<span title="${esc(`${r.steps.count} ${stepsName(r.steps)}\n` + (r.steps.seconds ?? []).map((s, i) => `${unit} ${i + 1}: ${fmtS(s)}`).join("\n"))}">${r.steps.count}×${fmtS(r.steps.mean_s)}</span>` : "";
     const phases = (r.phases ?? []).map((p) => `${p.name}: ${fmtS(p.seconds)}`).join("\n");
-    html += `<tr><td class="l" title="${esc(phases ? "phases:\n" + phases : "")}">${esc(r.display_node_id ?? r.node_id)}</td><td class="l">${esc(r.type ?? "")}</td>`
+    html += `<tr><td class="l" title="${esc(phases ? "phases:\n" + phases : "")}">${esc(r.display_node_id ?? r.node_id)}</td><td class="l wrap">${esc(r.type ?? "")}</td>`
       + `<td title="${esc(TIPS.time)}${r.span_s != null && r.span_s > (r.seconds ?? 0) * 1.05 ? esc(`\nfirst start to finish: ${fmtS(r.span_s)}`) : ""}">${r.cached ? "–" : fmtS(r.seconds)}</td>`
       + `<td class="l" title="${esc(TIPS.share)}"><span class="bar" style="width:${Math.round(((r.seconds ?? 0) / maxS) * 60)}px"></span>${r.cached ? "–" : fmtPct(share)}</td>`
       + `<td>${fmtS(r.gpu_s)}</td><td title="${esc(`reserved peak ${fmtMB(r.vram_peak_reserved_mb)}`)}">${fmtMB(r.vram_peak_allocated_mb)}</td>`

@@ -1,6 +1,6 @@
 // What a node's record says on the graph: the badge parts, their colours, the hover card's text.
 // Pure functions of a record (no DOM, no app), shared by the classic canvas and the Vue renderer.
-import { fmtMB, fmtPct, fmtS } from "./format.js";
+import { fmtMB, fmtPct, fmtS, fmtShortS } from "./format.js";
 
 export const TIPS = {
   time: "Wall seconds the node itself ran (its own segments; a lazy node's waits for its inputs are not counted).",
@@ -14,6 +14,7 @@ export const TIPS = {
   moves: "Seconds ComfyUI spent moving models into and out of VRAM during the node (loads, unloads, swaps).",
   lora: "Seconds computing LoRA-patched weights (comfy.lora.calculate_weight, host time): once per weight at load, and on every step for weights patched on the fly (partial loads, Dynamic VRAM).",
   advice: "Time lost outside the VAE and attention, with the fix you can apply.",
+  attention: "Attention kernel that really ran, per model (on the sampler that ran the model and on the Wan Accel Attention node that asked for it). ! marks a fallback: the kernel asked for could not take those calls.",
   partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
   oom: "Out-of-memory retries inside the node (e.g. VAE decode retried tiled).",
   cached: "Output came from ComfyUI's cache: the node did not run.",
@@ -21,6 +22,7 @@ export const TIPS = {
 
 export const WARN_COLORS = { fg: "#111", bg: "#ffcc00" };
 export const INFO_COLORS = { fg: "#cde", bg: "#263241" };
+export const ATTN_COLORS = { fg: "#e6dcff", bg: "#3b2a63" };
 
 export function badgeColors(rec) {
   const share = rec.share ?? 0;
@@ -32,7 +34,44 @@ export function badgeColors(rec) {
 }
 
 export function partColors(part, rec) {
-  return part.kind === "warn" ? WARN_COLORS : part.kind === "info" ? INFO_COLORS : badgeColors(rec);
+  if (part.kind === "warn") return WARN_COLORS;
+  if (part.kind === "info") return INFO_COLORS;
+  if (part.kind === "attn") return ATTN_COLORS;
+  return rec ? badgeColors(rec) : INFO_COLORS;
+}
+
+// The kernels that ran, per model: "attn sage", "attn sage+sdpa" (by shape), "attn ! sdpa (not sage)"
+// for a fallback (warning colour). entries: a record's "attention" list, or those naming an attention node.
+export function attentionParts(entries) {
+  if (!entries?.length) return [];
+  const models = new Map();
+  for (const e of entries) {
+    const m = models.get(e.model) ?? { ran: [], asked: new Set(), fallback: false };
+    if (!m.ran.includes(e.backend)) m.ran.push(e.backend);
+    if (e.fallback) { m.fallback = true; if (e.requested) m.asked.add(e.requested); }
+    models.set(e.model, m);
+  }
+  const segs = [...models.values()].map((m) => {
+    const ran = m.ran.join("+");
+    const asked = [...m.asked].filter((a) => !m.ran.includes(a));
+    return m.fallback ? `! ${ran}${asked.length ? ` (not ${asked.join("/")})` : ""}` : ran;
+  });
+  const fallback = [...models.values()].some((m) => m.fallback);
+  return [{ text: `attn ${segs.join(" | ")}`, kind: fallback ? "warn" : "attn" }];
+}
+
+export function attentionLines(entries) {
+  return (entries ?? []).map((e) => {
+    const asked = e.requested && e.requested !== e.backend ? ` (asked ${e.requested})` : "";
+    const why = e.fallback ? ` — fallback: ${String(e.reason ?? "").replace(/^fallback:\s*/, "")}` : e.reason ? ` — ${e.reason}` : "";
+    return `${e.fallback ? "! " : ""}attention ${e.model ?? "model"} ${e.shape ?? ""}: ran ${e.backend}${asked}${why}`;
+  });
+}
+
+// Everything drawn on a node: its own record's parts, then the kernels that ran (attn: entries naming
+// this node when it is the attention node; else the record's own, when it is the sampler).
+export function nodeParts(rec, attn) {
+  return [...overlayParts(rec), ...attentionParts(attn ?? rec?.attention)];
 }
 
 // "sampler steps", "VAE step", "steps": what the node's progress bar counted
@@ -60,18 +99,19 @@ export function overlayParts(rec) {
   if (rec.oom_retries) warn.push(`OOM×${rec.oom_retries}`);
   // costs worth a line of advice (the run record's findings) get a mark on the graph too
   const found = new Set((rec.advice ?? []).map((a) => a.kind));
-  if (found.has("model_swap")) warn.push(`swap ${fmtS(rec.model_moves_s)}`);
-  else if (found.has("model_load")) warn.push(`load ${fmtS(rec.model_moves_s)}`);
-  if (found.has("lora_steps") || found.has("lora_load")) warn.push(`LoRA ${fmtS(rec.lora_patch_s)}`);
+  if (found.has("model_swap")) warn.push(`swap ${fmtShortS(rec.model_moves_s)}`);
+  else if (found.has("model_load")) warn.push(`load ${fmtShortS(rec.model_moves_s)}`);
+  if (found.has("lora_steps") || found.has("lora_load")) warn.push(`LoRA ${fmtShortS(rec.lora_patch_s)}`);
   const streamed = (rec.advice ?? []).find((a) => a.kind === "dynamic_streamed");
   if (streamed) warn.push(`${fmtMB(streamed.mb)} streamed`);
   if (warn.length) parts.push({ text: `! ${warn.join(" ")}`, kind: "warn" });
   return parts;
 }
 
-export function tooltipText(rec) {
-  if (!rec) return "";
-  if (rec.cached) return `cached — ${TIPS.cached}`;
+export function tooltipText(rec, attn) {
+  const kernels = attentionLines(attn ?? rec?.attention);
+  if (!rec) return kernels.length ? [...kernels, TIPS.attention].join("\n") : "";
+  if (rec.cached) return [`cached — ${TIPS.cached}`, ...kernels].join("\n");
   const lines = [`${rec.type ?? "node"} #${rec.display_node_id ?? rec.node_id}`,
     `${fmtS(rec.seconds)} — ${TIPS.time}`];
   if (rec.share != null) lines.push(`${fmtPct(rec.share)} — ${TIPS.share}`);
@@ -81,6 +121,7 @@ export function tooltipText(rec) {
   if (rec.partial_load) lines.push(`! ${fmtMB(rec.offloaded_mb ?? 0)} offloaded — ${TIPS.partial}`);
   if (rec.oom_retries) lines.push(`OOM×${rec.oom_retries} — ${TIPS.oom}`);
   lines.push(...modelLines(rec));
+  lines.push(...kernels);
   if (rec.error?.message) lines.push(`error: ${rec.error.message.slice(0, 200)}`);
   for (const a of rec.advice ?? []) lines.push(`→ ${a.text}`);
   return lines.join("\n");
