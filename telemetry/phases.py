@@ -19,6 +19,7 @@ ErrorSink = Callable[[str, BaseException], None]
 _listeners: list[Listener] = []
 _error_sinks: list[ErrorSink] = []
 _logged: set[str] = set()
+_noted_this_run: set = set()
 log = logging.getLogger("wan_accel.telemetry")
 
 
@@ -75,3 +76,20 @@ def phase(name: str, **info) -> Iterator[None]:
 def note(name: str, **info) -> None:
     if _listeners:
         _emit({"kind": "note", "name": name, **info})
+
+
+def note_once_per_run(key, name: str, **info) -> None:
+    """:func:`note`, the first time ``key`` (hashable) comes up in the current run only.
+
+    For facts that hold for the rest of a run but belong in every run's record, e.g. the attention
+    kernel a model runs per shape: an engine that notes it once per process would leave the second
+    prompt's sampler without it. Cheap enough for every call: one set lookup.
+    """
+    if _listeners and key not in _noted_this_run:
+        _noted_this_run.add(key)
+        _emit({"kind": "note", "name": name, **info})
+
+
+def run_started() -> None:
+    """A new run is being recorded: :func:`note_once_per_run` notes everything again."""
+    _noted_this_run.clear()

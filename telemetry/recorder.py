@@ -130,6 +130,7 @@ class Recorder:
             self._run_phases: list = []
             self._run_notes: list = []
             self._t0 = self.clock()
+            _phases.run_started()
             _phases.add_listener(self._on_phase)
             _phases.add_error_sink(self.report_failure)
             self._emit("run_start", {"run_id": self.run["id"], "prompt_id": prompt_id})

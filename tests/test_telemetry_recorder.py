@@ -532,3 +532,18 @@ def test_attention_notes_without_the_new_fields_still_show():
     rec.node_finish("57")
     [entry] = rec.end_run()["nodes"][0]["attention"]
     assert entry["fallback"] is True and entry["requested"] is None and entry["node_id"] is None
+
+
+def test_facts_noted_once_per_run_are_in_every_run():
+    rec, _ = make()
+    runs = []
+    for _ in range(2):  # e.g. a second prompt whose attention node is cached: the kernel is still reported
+        rec.begin_run("p")
+        rec.node_start("57", "KSamplerAdvanced")
+        for _ in range(40):  # once per attention call
+            phases.note_once_per_run(("attention_backend", "m", "s", "sage"), "attention_backend", model="m",
+                                     shape="s", backend="sage")
+        rec.node_finish("57")
+        runs.append(rec.end_run())
+    for run in runs:
+        assert [n["backend"] for n in run["nodes"][0]["notes"]] == ["sage"]
