@@ -5,15 +5,16 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_nodes, telemetry_nodes, vae_nodes
+from . import attention_nodes, telemetry_server, vae_nodes
 
-_NODE_MODULES = (vae_nodes, attention_nodes, telemetry_nodes)
+_NODE_MODULES = (vae_nodes, attention_nodes)
+_FEATURE_MODULES = _NODE_MODULES + (telemetry_server,)  # each may have a one-time setup()
 log = logging.getLogger("wan_accel")
 
 
 def setup_features() -> None:
     """Run each feature's one-time ``setup()`` (hooks, routes); a failing one is switched off alone."""
-    for module in _NODE_MODULES:
+    for module in _FEATURE_MODULES:
         setup = getattr(module, "setup", None)
         if setup is None:
             continue

@@ -7,47 +7,44 @@ the recorder calls after the prompt, never inside a node.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
 MB = 1024 * 1024
+log = logging.getLogger("wan_accel.telemetry")
+
+
+STATM = "/proc/self/statm"
+FailureReport = Callable[[str, BaseException], None]
 
 
 def _rss_reader() -> Callable[[], int | None]:
-    """Resident set size in bytes. On Linux one ``pread`` of /proc/self/statm (~2 us), else psutil."""
-    try:
-        fd = os.open("/proc/self/statm", os.O_RDONLY)
-        page = os.sysconf("SC_PAGE_SIZE")
-        pread = os.pread
+    """Resident set size in bytes: one ``pread`` of /proc/self/statm on Linux (~2 us), else psutil, else None."""
+    if hasattr(os, "pread") and os.path.exists(STATM):
+        try:
+            fd = os.open(STATM, os.O_RDONLY)
+        except OSError:  # /proc without access: psutil reads it another way
+            fd = None
+        if fd is not None:
+            page = os.sysconf("SC_PAGE_SIZE")
+            pread = os.pread
 
-        def rss_statm() -> int | None:
-            return int(pread(fd, 128, 0).split()[1]) * page
+            def rss_statm() -> int | None:
+                return int(pread(fd, 128, 0).split()[1]) * page
 
-        rss_statm()
-        return rss_statm
-    except Exception:
-        pass
+            return rss_statm
     try:
         import psutil
+    except ImportError:
+        return lambda: None
+    memory_info = psutil.Process().memory_info
+    return lambda: memory_info().rss
 
-        proc = psutil.Process()
-        mem = proc.memory_info
 
-        def rss() -> int | None:
-            return mem().rss
-
-        return rss
-    except Exception:  # psutil missing or broken: fall back to /proc, else nothing
-        page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        path = "/proc/self/statm"
-        if not os.path.exists(path):
-            return lambda: None
-
-        def rss_proc() -> int | None:
-            with open(path) as fh:
-                return int(fh.read().split()[1]) * page
-
-        return rss_proc
+def log_failure(where: str, exc: BaseException) -> None:
+    """Where a probe's failures go when no recorder has claimed it."""
+    log.warning("wan_accel telemetry: %s failed (%s: %s)", where, type(exc).__name__, exc)
 
 
 class NullProbe:
@@ -55,8 +52,9 @@ class NullProbe:
 
     device = "cpu"
 
-    def __init__(self, rss: Callable[[], int | None] | None = None):
+    def __init__(self, rss: Callable[[], int | None] | None = None, report: FailureReport = log_failure):
         self.rss = rss or _rss_reader()
+        self.report = report  # errors the probe gets past (the recorder sets its report_failure)
 
     def begin(self) -> Any:
         return None
@@ -72,15 +70,16 @@ class CudaProbe(NullProbe):
     """CUDA events on the node's current stream and the caching allocator's peak counters."""
 
     def __init__(self, cuda: Any, device: Any = None, rss: Callable[[], int | None] | None = None,
-                 raw_stats: Callable[[Any], dict] | None = None):
-        super().__init__(rss)
+                 raw_stats: Callable[[Any], dict] | None = None, report: FailureReport = log_failure):
+        super().__init__(rss, report)
         self.cuda = cuda
         self.device_index = device
         # torch._C._cuda_memoryStats: the nested dict memory_stats() flattens; ~12 us instead of ~80 on an H100
         self.raw_stats = raw_stats
         try:
             self.device = str(cuda.get_device_name(device))
-        except Exception:
+        except Exception as exc:
+            report("reading the GPU's name", exc)
             self.device = "cuda"
 
     def begin(self) -> Any:
@@ -102,7 +101,8 @@ class CudaProbe(NullProbe):
                 out.update(vram_peak_allocated=alloc["peak"], vram_peak_reserved=res["peak"],
                            vram_allocated=alloc["current"], vram_reserved=res["current"])
                 return out
-            except Exception:
+            except Exception as exc:
+                self.report("reading the allocator's raw stats (public memory_stats() from now on)", exc)
                 self.raw_stats = None  # layout changed: use the public call from now on
         stats = cuda.memory_stats(self.device_index)
         out.update(
@@ -125,7 +125,33 @@ class CudaProbe(NullProbe):
         return start.elapsed_time(stop) / 1000.0
 
 
-def default_probe() -> NullProbe:
+def resolve_gpu_times(probe: NullProbe, waiting: list, block: bool,
+                      report: Callable[[str, BaseException], None]) -> list:
+    """Add the GPU seconds of every finished event pair to its node; the nodes still waiting come back.
+
+    ``waiting``: nodes with ``gpu_pending`` event pairs and a ``gpu_s`` sum. ``block`` waits for the
+    rest (only ever after the prompt).
+    """
+    left_over = []
+    for node in waiting:
+        left = []
+        for pending in node.gpu_pending:
+            try:
+                secs = probe.resolve(pending, block=block)
+            except Exception as exc:
+                report("reading CUDA events", exc)
+                secs = 0.0
+            if secs is None:
+                left.append(pending)
+            else:
+                node.gpu_s += secs
+        node.gpu_pending = left
+        if left:
+            left_over.append(node)
+    return left_over
+
+
+def default_probe(report: FailureReport = log_failure) -> NullProbe:
     """A CUDA probe when torch has already initialised CUDA, else the CPU probe.
 
     Never initialises CUDA itself: a process that has not touched the GPU gets the CPU probe.
@@ -135,7 +161,7 @@ def default_probe() -> NullProbe:
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             return CudaProbe(torch.cuda, torch.cuda.current_device(),
-                             raw_stats=getattr(torch._C, "_cuda_memoryStats", None))
-    except Exception:
-        pass
-    return NullProbe()
+                             raw_stats=getattr(torch._C, "_cuda_memoryStats", None), report=report)
+    except Exception as exc:
+        report("starting the CUDA probe (GPU figures off for this run)", exc)
+    return NullProbe(report=report)

@@ -10,25 +10,22 @@ import csv
 import io
 import json
 import os
-import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
-RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+from .run_ids import valid_run_id
+
 SUBDIR = ("wan_accel", "telemetry")
 MAX_LIST = 500
 
 CSV_COLUMNS = [
     "run_id", "node_id", "display_node_id", "type", "status", "cached", "seconds", "share", "span_s",
     "gpu_s", "vram_peak_allocated_mb", "vram_peak_reserved_mb", "vram_allocated_mb", "vram_reserved_mb",
-    "ram_rss_mb", "ram_delta_mb", "model_load_s", "models_loaded", "models_unloaded", "partial_load",
-    "offloaded_mb", "steps", "step_mean_s", "step_max_s", "oom_retries", "phases", "error",
+    "ram_rss_mb", "ram_delta_mb", "model_load_s", "model_unload_s", "model_moves_s", "models_loaded",
+    "models_unloaded", "partial_load", "offloaded_mb", "dynamic_load", "lora_patch_s", "lora_patch_steps_s", "steps",
+    "step_unit", "step_mean_s", "step_max_s", "oom_retries", "phases", "advice", "error",
 ]
-
-
-def valid_run_id(run_id: object) -> bool:
-    return isinstance(run_id, str) and RUN_ID.fullmatch(run_id) is not None
 
 
 def _cell(value: object) -> object:
@@ -50,9 +47,11 @@ def run_to_csv(run: dict) -> str:
             models_loaded=";".join(m.get("name", "") for m in rec.get("models_loaded", [])),
             models_unloaded=";".join(m.get("name", "") for m in rec.get("models_unloaded", [])),
             steps=steps.get("count"),
+            step_unit=steps.get("unit"),
             step_mean_s=steps.get("mean_s"),
             step_max_s=steps.get("max_s"),
             phases=";".join(f"{p.get('name')}={p.get('seconds')}" for p in rec.get("phases", [])),
+            advice=" | ".join(a.get("text", "") for a in rec.get("advice", [])),
             error=(error.get("message") or "")[:500] if error else None,
         )
         writer.writerow({k: _cell(v) for k, v in row.items()})
@@ -100,16 +99,16 @@ class RunStore:
         return path
 
     def _write(self, path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        # Created like ComfyUI's own outputs (open(): 0666 less the umask, 0644 usually), not mkstemp's 0600;
+        # written under a temporary name and renamed, so a reader never sees half a file.
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}{path.suffix}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            tmp.unlink(missing_ok=True)
             raise
 
     def save(self, run: dict) -> Path:
@@ -132,19 +131,17 @@ class RunStore:
             return
         for run_id in self._ids()[self.keep:]:
             for ext in ("json", "csv"):
-                try:
-                    self._path(run_id, ext).unlink()
-                except OSError:
-                    pass
+                self._path(run_id, ext).unlink(missing_ok=True)  # another server sharing the folder may prune too
 
-    def list(self, limit: int = 50) -> list[dict]:
-        out = []
+    def list(self, limit: int = 50) -> tuple[list[dict], int]:
+        """Summaries of the newest ``limit`` runs, and how many of those files could not be read."""
+        out, unreadable = [], 0
         for run_id in self._ids()[: max(0, min(limit, MAX_LIST))]:
             try:
                 out.append(summarize(json.loads(self._path(run_id, "json").read_text(encoding="utf-8"))))
-            except (OSError, ValueError):
-                continue
-        return out
+            except (OSError, ValueError):  # half-copied or hand-edited file: the route says how many
+                unreadable += 1
+        return out, unreadable
 
     def read(self, run_id: str, ext: str = "json") -> str | None:
         path = self._path(run_id, ext)
@@ -163,7 +160,11 @@ def handle_list(store: RunStore, query: dict) -> tuple[int, dict]:
         return 400, {"error": "limit must be an integer"}
     if not 1 <= limit <= MAX_LIST:
         return 400, {"error": f"limit must be between 1 and {MAX_LIST}"}
-    return 200, {"runs": store.list(limit)}
+    runs, unreadable = store.list(limit)
+    payload: dict = {"runs": runs}
+    if unreadable:
+        payload["unreadable"] = unreadable
+    return 200, payload
 
 
 def handle_get(store: RunStore, run_id: str, fmt: str = "json") -> tuple[int, str, str]:

@@ -17,13 +17,14 @@ import re
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from comfy_support import comfy_server, headless_chromium, ws_messages
+from comfy_support import PACKAGE_FOLDER, comfy_server, headless_chromium, ws_messages
 
 REPO = Path(__file__).resolve().parent.parent
 TIME_BADGE = re.compile(r"(^|\n)\d+(\.\d+)?(ms|s) · \d+(\.\d)?%")
@@ -48,7 +49,7 @@ def _post_json(url: str, payload: dict):
 @pytest.fixture(scope="module")
 def server(comfyui):
     with comfy_server(comfyui) as srv:
-        yield srv
+        yield {**srv, "folder": PACKAGE_FOLDER}  # the package's folder name: its web files' URL prefix
 
 
 def _has_node(base: str, name: str) -> bool:
@@ -174,6 +175,61 @@ def test_routes_reject_bad_input(server):
     assert err.value.code == 404
 
 
+# ---------------------------------------------------------------------------- hooks on the real modules
+def test_hooks_time_real_model_loads_unloads_and_lora_patching(comfyui):
+    """The optional hooks wrap this ComfyUI's own load_models_gpu, free_memory and comfy.lora.calculate_weight:
+    a real ModelPatcher with a patch loads, is patched, and is unloaded inside two recorded nodes."""
+    import torch
+
+    import comfy.lora
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from wan_accel.nodes import telemetry_hooks as th
+    from wan_accel.telemetry.recorder import Recorder
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 64)
+
+        def get_dtype(self):
+            return torch.float32
+
+    originals = (mm.load_models_gpu, mm.free_memory, comfy.lora.calculate_weight)
+    rec = Recorder(models=th.loaded_models_snapshot)
+    hooks = th.ComfyHooks()
+    ok, reason = hooks.install(rec)
+    try:
+        assert ok and {"load_models_gpu", "free_memory", "calculate_weight"} <= set(hooks.names), reason
+        model = Tiny()
+        before = model.proj.weight.detach().clone()
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+        patcher.add_patches({"proj.weight": (torch.ones(64, 64),)}, 0.5)
+        rec.begin_run("real-hooks")
+        rec.node_start("1", "KSampler")
+        mm.load_models_gpu([patcher])
+        patched = model.proj.weight.detach().clone()
+        rec.node_finish("1")
+        rec.node_start("2", "VAEDecode")
+        mm.free_memory(1e30, torch.device("cpu"))
+        rec.node_finish("2")
+        run = rec.end_run()
+        restored = model.proj.weight.detach().clone()
+    finally:
+        hooks.uninstall()
+        mm.unload_all_models()
+    assert (mm.load_models_gpu, mm.free_memory, comfy.lora.calculate_weight) == originals
+    # the pass-throughs change nothing: patched at load, put back at unload
+    assert torch.allclose(patched, before + 0.5) and torch.equal(restored, before)
+    load, unload = run["nodes"]
+    assert run["telemetry_failures"] == 0, run.get("telemetry_failure_sites")
+    assert load["model_load_s"] > 0 and load["lora_patches"] == 1 and load["lora_patch_steps_s"] == 0
+    assert load["models_loaded"][0]["name"] == "Tiny" and "dynamic" not in load["models_loaded"][0]  # CPU: never dynamic
+    assert load["partial_load"] is False
+    assert unload["model_unload_s"] > 0 and unload["models_unloaded"][0]["name"] == "Tiny"
+
+
 # ---------------------------------------------------------------------------- browser
 @pytest.fixture
 def browser(server):
@@ -190,118 +246,272 @@ def _prepare_settings(base: str, vue: bool) -> None:
             pass
 
 
+NOTE_TEXT = "A/B note: ignore rows marked cached: ComfyUI reused an output."  # text our badges also show
+
+
 def _layout_js(vue: bool) -> str:
-    # loadApiJson places nodes in one column; spread them left-to-right by dependency depth.
-    return "const vue = " + ("true" if vue else "false") + ";" + """
+    # loadApiJson places nodes in one column: spread them left-to-right by dependency depth, add a
+    # Note whose text has a badge's text in it, and a group whose title bar sits right above node 2.
+    return "const vue = " + ("true" if vue else "false") + "; const noteText = " + json.dumps(NOTE_TEXT) + ";" + """
 (() => {
-  const g = app.graph; const nodes = g._nodes ?? g.nodes; const depth = {};
+  const g = app.graph; const nodes = [...(g._nodes ?? g.nodes)]; const depth = {};
   const d = (n) => { if (depth[n.id] != null) return depth[n.id]; let m = 0;
     for (const inp of n.inputs ?? []) { if (inp.link == null) continue; const l = g.links[inp.link] ?? g.links.get?.(inp.link);
       const src = l && g.getNodeById(l.origin_id); if (src) m = Math.max(m, d(src) + 1); }
     return (depth[n.id] = m); };
   const rows = {};
-  const dx = vue ? 360 : 300, dy = vue ? 330 : 310;
-  for (const n of nodes) { const c = d(n); rows[c] = (rows[c] ?? 0); n.pos = [40 + c * dx, 140 + rows[c] * dy]; rows[c] += 1; }
-  app.canvas.ds.scale = vue ? 0.72 : 0.8; app.canvas.ds.offset = [20, 20]; g.setDirtyCanvas(true, true);
+  const dx = vue ? 420 : 300, dy = vue ? 360 : 310;
+  for (const n of nodes) { const c = d(n); rows[c] = (rows[c] ?? 0); n.pos = [40 + c * dx, 150 + rows[c] * dy]; rows[c] += 1; }
+  const note = LiteGraph.createNode("MarkdownNote") ?? LiteGraph.createNode("Note");  // the shipped A/B note is Markdown
+  note.pos = [40, 150 + 2 * dy]; note.size = [260, 90];
+  if (note.widgets?.[0]) note.widgets[0].value = noteText;
+  g.add(note);
+  const Group = LiteGraph.LGraphGroup ?? window.LGraphGroup;
+  const two = g.getNodeById(2); const titleH = LiteGraph.NODE_TITLE_HEIGHT;
+  const group = new Group("Upscale group");
+  group.pos = [two.pos[0] - 12, two.pos[1] - titleH - 40]; group.size = [two.size[0] + 24, (vue ? 280 : two.size[1]) + titleH + 60];
+  g.add(group);
+  app.canvas.ds.scale = vue ? 0.62 : 0.8; app.canvas.ds.offset = [20, 20]; g.setDirtyCanvas(true, true);
   return nodes.length;
 })()"""
 
 
-def _screenshot_run(server, cdp, vue: bool, shot: Path) -> dict:
+# Every chip our Vue layer shows, found by our own attributes, and what it covers: any Vue node's box
+# (its widgets) or a group's title bar. Computed here from the page, independently of the layer's code.
+CHIP_CHECK_JS = """(() => {
+  const hit = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 0.5 && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 0.5;
+  const boxes = new Map();
+  for (const el of document.querySelectorAll('[data-node-id]')) {
+    if (el.closest('#wan-accel-telemetry-layer')) continue;
+    const r = el.getBoundingClientRect(); const id = el.getAttribute('data-node-id');
+    const old = boxes.get(id);
+    if (r.width > 0 && (!old || r.width * r.height > old.width * old.height)) boxes.set(id, r);
+  }
+  const ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
+  const titles = (app.graph._groups ?? app.graph.groups ?? []).map(g => { const p = g._pos ?? g.pos, s = g._size ?? g.size;
+    const h = (g.titleHeight ?? LiteGraph.NODE_TITLE_HEIGHT) * ds.scale; const left = box.left + (p[0] + ds.offset[0]) * ds.scale;
+    const top = box.top + (p[1] + ds.offset[1]) * ds.scale; return {title: g.title, left, top, right: left + s[0] * ds.scale, bottom: top + h}; });
+  const onTop = (el, r) => { const x = (r.left + r.right) / 2, y = (r.top + r.bottom) / 2; const t = document.elementFromPoint(x, y);
+    return !!t && el.contains(t); };  // not hidden by a toolbar or panel
+  const chips = [...document.querySelectorAll('#wan-accel-telemetry-layer [data-wan-accel-node]')].map(el => {
+    const r = el.getBoundingClientRect(); return {node: el.getAttribute('data-wan-accel-node'), text: el.innerText,
+      kinds: [...el.children].map(c => c.dataset.kind), visible: r.width > 0 && getComputedStyle(el.parentElement).display !== 'none' && onTop(el, r), r}; });
+  const covers = [];
+  for (const c of chips) {
+    const own = boxes.get(c.node);
+    // a node lying on top of another leaves its chips no free spot: only covering others counts
+    for (const [id, r] of boxes) if (id !== c.node && !(own && hit(own, r)) && hit(c.r, r)) covers.push(`${c.node} covers node ${id} (${app.graph.getNodeById(id)?.type}) at ${JSON.stringify(r)}, chip at ${JSON.stringify(c.r)}`);
+    for (const t of titles) if (hit(c.r, t)) covers.push(`${c.node} covers group title ${t.title}`);
+  }
+  return {chips: chips.map(({r, ...c}) => c), covers, nodes: [...boxes.keys()], groups: titles.length};
+})()"""
+
+
+def _open_page(server, cdp, vue: bool) -> None:
     base = server["base"]
     _prepare_settings(base, vue)
     cdp.call("Page.enable")
+    # room to record every resource the front end loads (the default 250 entries fill up on older front ends)
+    cdp.call("Page.addScriptToEvaluateOnNewDocument", source="performance.setResourceTimingBufferSize(100000)")
     cdp.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
     cdp.call("Page.navigate", url=base + "/")
     cdp.wait("!!(window.app && window.app.graph && window.wanAccelTelemetry)", what="ComfyUI app and our extension")
     time.sleep(2)
     cdp.eval("document.querySelectorAll('.p-dialog-mask .p-dialog-close-button, .p-dialog .p-dialog-header-close').forEach(b => b.click())")
-    prompt = workflow(base, "ui")
-    prompt["1"]["inputs"]["color"] = 0x1F6FEB if vue else 0xE8590C  # nothing cached: every node runs
-    prompt["2"]["inputs"]["width"] = 384 if vue else 448
+
+
+def _load_workflow(cdp, prompt: dict, vue: bool) -> None:
     cdp.eval(f"app.loadApiJson({json.dumps(prompt)}, 'telemetry.json')")
     cdp.wait("(app.graph._nodes ?? app.graph.nodes).length > 0", what="workflow loaded")
     cdp.eval(_layout_js(vue))
     if vue:  # the Vue renderer keeps its own layout: reload the graph with the positions just set
         cdp.eval("app.loadGraphData(app.graph.serialize())")
         time.sleep(1.5)
+
+
+def _queue_and_wait(cdp, after_run_id: str | None = None) -> dict:
     cdp.eval("app.queuePrompt(0, 1)")
-    run = cdp.wait("(() => { const c = window.wanAccelTelemetry.state.current; return c && c.run ? c.run : null })()",
-                   timeout=120, what="telemetry run event in the page")
-    cdp.eval("window.wanAccelTelemetry.open()")
-    time.sleep(2)
-    cdp.eval("document.querySelectorAll('.p-toast-message-close, .p-dialog .p-dialog-header-close').forEach(b => b.click())")
-    time.sleep(1)
-    badges = cdp.eval("""(() => (app.graph._nodes ?? app.graph.nodes).map(n => [String(n.id),
-        (n.badges ?? []).map(b => typeof b === 'function' ? b() : b).map(b => b && b.text).filter(Boolean)]))()""")
-    panel = cdp.eval("document.getElementById('wan-accel-telemetry')?.innerText ?? ''")
-    vue_badges = cdp.eval("[...document.querySelectorAll('[data-node-id], #wan-accel-telemetry-layer')].map(e => e.innerText).join('\\n')") if vue else ""
-    tooltip = ""
-    if not vue:  # hover node 2's title: the card that explains each figure
-        x, y = cdp.eval("""(() => { const n = app.graph.getNodeById(2); const ds = app.canvas.ds;
-            const r = app.canvas.canvas.getBoundingClientRect(); const th = LiteGraph.NODE_TITLE_HEIGHT;
-            return [r.left + (n.pos[0] + 40 + ds.offset[0]) * ds.scale, r.top + (n.pos[1] - th / 2 + ds.offset[1]) * ds.scale]; })()""")
-        for dx in (0, 2):
-            cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx, y=y)
-            time.sleep(0.2)
-        time.sleep(0.8)
-        tooltip = cdp.eval("(() => { const t = document.getElementById('wan-accel-telemetry-tip'); "
-                           "return t && t.style.display === 'block' ? t.innerText : ''; })()")
-    png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
-    shot.write_bytes(png)
-    if not vue:
-        # How the partial-load case reads (a CPU run cannot offload a model): the run just recorded,
-        # with node 2's figures replaced by those of the 2.3 GB case, drawn by the same code.
-        warn = cdp.eval("""(() => { const t = window.wanAccelTelemetry; const run = JSON.parse(JSON.stringify(t.state.current.run));
-            run.id = 'illustration'; const n = run.nodes.find(r => r.node_id === '2');
-            Object.assign(n, {type: 'KSampler (illustration)', seconds: 38.1, share: 0.62, gpu_s: 37.9, vram_peak_allocated_mb: 14820,
-              vram_peak_reserved_mb: 15300, partial_load: true, offloaded_mb: 2299.8, oom_retries: 0, model_load_s: 3.3,
-              models_loaded: [{name: 'WAN21', size_mb: 16434.0, loaded_mb: 14134.2, offloaded_mb: 2299.8}],
-              partial_models: [{name: 'WAN21', size_mb: 16434.0, loaded_mb: 14134.2, offloaded_mb: 2299.8}],
-              steps: {count: 2, total: 2, seconds: [17.4, 17.4], mean_s: 17.4, max_s: 17.4}});
-            run.totals = Object.assign({}, run.totals, {partial_loads: 1, offloaded_mb: 2299.8, gpu_s: 37.9, vram_peak_allocated_mb: 14820, model_load_s: 3.3});
-            run.wall_s = 61.5; t.showRun(run); return t.overlayParts(n).map(p => p.text); })()""")
-        for dx in (3, 1):  # hover again: the card now explains the illustrated figures
-            cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx, y=y)
-            time.sleep(0.2)
-        time.sleep(1)
-        shot.with_name(shot.stem + "_partial.png").write_bytes(
-            base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
-        assert warn == ["38.1s · 62%", "2×17.4s ▲14.5G", "! 2.25G offloaded"], warn
-        # A/B: the two newest saved runs that executed something, side by side
-        cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=700, y=990)  # hover card away
-        cdp.eval("window.wanAccelTelemetry.loadRuns().then(() => window.wanAccelTelemetry.setTab('ab'))")
-        ab = cdp.wait("(() => { const t = document.getElementById('wan-accel-telemetry').innerText; "
-                      "return t.includes('run wall') ? t : ''; })()", timeout=30, what="A/B table")
-        assert "Δ%" in ab and "ImageScale" in ab, ab
-        time.sleep(0.5)
-        shot.with_name(shot.stem + "_ab.png").write_bytes(
-            base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
-    return {"run": run, "badges": dict(badges), "panel": panel, "vue_text": vue_badges, "tooltip": tooltip}
+    return cdp.wait("(() => { const c = window.wanAccelTelemetry.state.current; "
+                    f"return c && c.run && c.run.id !== {json.dumps(after_run_id)} ? c.run : null }})()",
+                    timeout=120, what="telemetry run event in the page")
 
 
-@pytest.mark.parametrize("vue", [False, True], ids=["classic-canvas", "vue-nodes"])
-def test_browser_overlay_and_panel(server, browser, vue, tmp_path):
-    shot = tmp_path / f"telemetry_{'vue' if vue else 'classic'}.png"
-    out = _screenshot_run(server, browser, vue, shot)
+def _shot(cdp, path: Path) -> None:
+    path.write_bytes(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
+
+
+def _hover_title(cdp, node_expr: str, dxs=(0, 2)) -> str:
+    """Hover a node's title (classic canvas) and return the hover card's text."""
+    x, y = cdp.eval(f"""(() => {{ const n = {node_expr}; const ds = app.canvas.ds;
+        const r = app.canvas.canvas.getBoundingClientRect(); const th = LiteGraph.NODE_TITLE_HEIGHT;
+        return [r.left + (n.pos[0] + 40 + ds.offset[0]) * ds.scale, r.top + (n.pos[1] - th / 2 + ds.offset[1]) * ds.scale]; }})()""")
+    for dx in dxs:
+        cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx, y=y)
+        time.sleep(0.2)
+    time.sleep(0.8)
+    return cdp.eval("(() => { const t = document.getElementById('wan-accel-telemetry-tip'); "
+                    "return t && t.style.display === 'block' ? t.innerText : ''; })()")
+
+
+def _illustration(run: dict, attention_node_id: str) -> dict:
+    """The run just recorded with node 2's figures replaced by a Wan 2.2 sampler's: a 2.3 GB partial load,
+    an expert swap, LoRA patched on the fly, and an attention kernel that fell back for one shape. A
+    CPU run cannot produce them; the findings come from the same advice code the recorder runs."""
+    from wan_accel.telemetry.advice import node_advice
+
+    run = json.loads(json.dumps(run))
+    run["id"] = "illustration"
+    node = next(r for r in run["nodes"] if r["node_id"] == "2")
+    expert = {"name": "WAN22@b4c2d1", "size_mb": 16434.0, "loaded_mb": 14134.2, "offloaded_mb": 2299.8}
+    node.update(type="KSamplerAdvanced (illustration)", seconds=38.1, share=0.62, gpu_s=37.9, vram_peak_allocated_mb=14820,
+                vram_peak_reserved_mb=15300, partial_load=True, offloaded_mb=2299.8, oom_retries=0, model_load_s=4.3,
+                model_unload_s=1.5, model_moves_s=4.3, model_swap=True, models_loaded=[expert], partial_models=[expert],
+                models_unloaded=[{"name": "WAN22@9a0e17", "freed_mb": 14134.2}],
+                lora_patch_s=2.4, lora_patch_steps_s=1.6, lora_patches=1200,
+                steps={"count": 2, "unit": "sampler step", "total": 2, "seconds": [17.4, 17.4], "mean_s": 17.4, "max_s": 17.4},
+                attention=[{"model": "WanModel@b4c2d1", "shape": "1x40x7560x128", "backend": "sage", "requested": "sage",
+                            "fallback": False, "reason": "as set", "node_id": attention_node_id},
+                           {"model": "WanModel@b4c2d1", "shape": "1x40x512x72", "backend": "sdpa", "requested": "sage",
+                            "fallback": True, "reason": "fallback: sage: head dim 72 unsupported", "node_id": attention_node_id}])
+    run["wall_s"] = 61.5
+    node["advice"] = node_advice(node, run["wall_s"])
+    run["advice"] = [{"node_id": "2", "type": node["type"], **a} for a in node["advice"]]
+    run["totals"] = dict(run["totals"], partial_loads=1, offloaded_mb=2299.8, gpu_s=37.9, vram_peak_allocated_mb=14820,
+                         model_load_s=4.3, model_moves_s=4.3, model_swaps=1, lora_patch_s=2.4, lora_patch_steps_s=1.6)
+    return run
+
+
+ILLUSTRATED_PARTS = ["38.1s · 62%", "2×17.4s ▲14.5G", "! 2.25G offloaded swap 4.3s LoRA 2.4s", "attn ! sage+sdpa"]
+
+
+def _show_illustration(cdp, run: dict, vue: bool) -> dict:
+    # the attention node goes in the free column right of the graph
+    attention_id = cdp.eval("""(() => { const n = LiteGraph.createNode('WanAccelAttention');
+        n.pos = [40 + %d, 150]; app.graph.add(n); return String(n.id); })()""" % (5 * 420 if vue else 4 * 300))
+    time.sleep(1.0)
+    illustrated = _illustration(run, attention_id)
+    return cdp.eval(f"""(() => {{ const t = window.wanAccelTelemetry; t.showRun({json.dumps(illustrated)});
+        const parts = (id) => {{ const n = app.graph.getNodeById(id); return t.nodeParts(n.__wanAccelTelemetry, n.__wanAccelAttention).map(p => p.text); }};
+        return {{sampler: parts(2), attention: parts({attention_id}), attention_id: {json.dumps(attention_id)}}}; }})()""")
+
+
+def _keep(shot: Path, name: str) -> None:
     keep = os.environ.get("WAN_ACCEL_SCREENSHOT")
     if keep:
         target = Path(keep)
-        if vue:
-            target = target.with_name(target.stem + "_vue" + target.suffix)
-        shutil.copyfile(shot, target)
-        for extra in ("_partial", "_ab"):
-            if shot.with_name(shot.stem + extra + ".png").exists():
-                shutil.copyfile(shot.with_name(shot.stem + extra + ".png"), target.with_name(target.stem + extra + target.suffix))
-    run = out["run"]
+        shutil.copyfile(shot, target.with_name(target.stem + name + target.suffix))
+
+
+def test_browser_classic_canvas_overlay_hover_card_and_panel(server, browser, tmp_path):
+    _open_page(server, browser, vue=False)
+    prompt = workflow(server["base"], "ui")
+    prompt["1"]["inputs"]["color"] = 0xE8590C  # nothing cached: every node runs
+    prompt["2"]["inputs"]["width"] = 448
+    _load_workflow(browser, prompt, vue=False)
+    run = _queue_and_wait(browser)
+    browser.eval("window.wanAccelTelemetry.open()")
+    browser.wait("document.getElementById('wan-accel-telemetry').innerText.includes(' saved under ')", what="the summary panel")
+    browser.eval("document.querySelectorAll('.p-toast-message-close, .p-dialog .p-dialog-header-close').forEach(b => b.click())")
+    time.sleep(1)
+    badges = dict(browser.eval("""(() => (app.graph._nodes ?? app.graph.nodes).map(n => [String(n.id),
+        (n.badges ?? []).map(b => typeof b === 'function' ? b() : b).map(b => b && b.text).filter(Boolean)]))()"""))
+    panel = browser.eval("document.getElementById('wan-accel-telemetry')?.innerText ?? ''")
+    tooltip = _hover_title(browser, "app.graph.getNodeById(2)")
+    shot = tmp_path / "telemetry.png"
+    _shot(browser, shot)
+    _keep(shot, "")
     assert run["status"] == "success"
+    for nid in {r["node_id"] for r in run["nodes"] if not r["cached"]}:
+        assert any(TIME_BADGE.match(t) for t in badges.get(nid, [])), (nid, badges)
+    assert "Wan Accel telemetry" in panel and "ImageScale" in panel
+    assert "ImageScale #2" in tooltip and "Share of the whole run" in tooltip, tooltip
+
+    # How a Wan 2.2 sampler's troubles read (a CPU run has none of them): drawn by the same front-end code
+    drawn = _show_illustration(browser, run, vue=False)
+    assert drawn["sampler"] == ILLUSTRATED_PARTS, drawn
+    assert drawn["attention"] == ["attn ! sage+sdpa"], drawn
+    card = _hover_title(browser, "app.graph.getNodeById(2)", dxs=(3, 1))
+    _shot(browser, tmp_path / "partial.png")
+    _keep(tmp_path / "partial.png", "_partial")
+    assert "2 sampler steps × 17.4s" in card and "→ partial load: 2.2 GB of WAN22@b4c2d1 stayed in RAM" in card, card
+    assert "models moved 4.30s (unloading 1.50s): swap, WAN22@9a0e17 out, WAN22@b4c2d1 in" in card, card
+    assert "! attention WanModel@b4c2d1 1x40x512x72: ran sdpa (asked sage) — fallback: sage: head dim 72 unsupported" in card
+    attention_card = _hover_title(browser, f"app.graph.getNodeById({drawn['attention_id']})")
+    assert attention_card.startswith("attention WanModel@b4c2d1 1x40x7560x128: ran sage"), attention_card
+
+    # A/B: the two newest saved runs that executed something, side by side
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=700, y=990)  # hover card away
+    browser.eval("window.wanAccelTelemetry.loadRuns().then(() => window.wanAccelTelemetry.setTab('ab'))")
+    ab = browser.wait("(() => { const t = document.getElementById('wan-accel-telemetry').innerText; "
+                      "return t.includes('run wall') ? t : ''; })()", timeout=30, what="A/B table")
+    assert "Δ%" in ab and "ImageScale" in ab, ab
+    time.sleep(0.5)
+    _shot(browser, tmp_path / "ab.png")
+    _keep(tmp_path / "ab.png", "_ab")
+
+
+def test_browser_vue_nodes_chips_found_by_our_ids_clear_of_widgets_and_group_titles(server, browser, tmp_path):
+    """Vue node renderer: our chips, whatever the front end does with node badges. The graph has a Note
+    whose text contains 'cached' (as the shipped A/B note does) and a group title right above node 2."""
+    _open_page(server, browser, vue=True)
+    prompt = workflow(server["base"], "ui")
+    prompt["1"]["inputs"]["color"] = 0x1F6FEB  # nothing cached: every node runs
+    prompt["2"]["inputs"].update(width=96, height=128)  # small previews: Vue nodes grow with their images
+    _load_workflow(browser, prompt, vue=True)
+    run = _queue_and_wait(browser)
+    time.sleep(1.5)
+    first = browser.eval(CHIP_CHECK_JS)
+    shot = tmp_path / "vue.png"
+    _shot(browser, shot)
+    _keep(shot, "_vue")
     executed = {r["node_id"] for r in run["nodes"] if not r["cached"]}
+    by_node = {c["node"]: c for c in first["chips"]}
+    assert first["groups"] == 1 and executed <= set(first["nodes"]), first
     for nid in executed:
-        texts = out["badges"].get(nid, [])
-        assert any(TIME_BADGE.match(t) for t in texts), (nid, out["badges"])
-    assert "Wan Accel telemetry" in out["panel"] and "ImageScale" in out["panel"]
-    assert shot.stat().st_size > 10_000
-    if not vue:
-        assert "ImageScale #2" in out["tooltip"] and "Share of the whole run" in out["tooltip"], out["tooltip"]
-    if vue:  # native badges in the Vue node header, or our DOM chips where the renderer shows none
-        assert TIME_BADGE.search(out["vue_text"]), out["vue_text"][:2000]
+        assert nid in by_node and by_node[nid]["visible"] and TIME_BADGE.search(by_node[nid]["text"]), (nid, first["chips"])
+    assert first["covers"] == [], first["covers"]
+    native = browser.eval("""(app.graph._nodes ?? app.graph.nodes).flatMap(n => (n.badges ?? [])
+        .map(b => typeof b === 'function' ? b() : b).map(b => b && b.text).filter(Boolean))""")
+    assert not any(TIME_BADGE.search(t) for t in native), native  # no second copy in Vue headers
+
+    # A fresh page, the same prompt: every node cached, and 'cached' is also the Note's text. (The first
+    # record a page draws is what the old overlay looked for in the page's text to decide whether the
+    # front end drew badges: it found the Note and drew nothing.)
+    _open_page(server, browser, vue=True)
+    _load_workflow(browser, prompt, vue=True)
+    again = _queue_and_wait(browser, after_run_id=run["id"])
+    time.sleep(1.5)
+    second = browser.eval(CHIP_CHECK_JS)
+    assert again["nodes"] and all(r["cached"] for r in again["nodes"]), again["nodes"]
+    texts = {c["node"]: c["text"] for c in second["chips"] if c["visible"]}
+    for r in again["nodes"]:
+        if r["node_id"] in second["nodes"]:
+            assert texts.get(r["node_id"]) == "cached", (r["node_id"], second["chips"])
+    assert second["covers"] == [], second["covers"]
+
+    # the illustrated sampler and its attention node, drawn as chips
+    drawn = _show_illustration(browser, run, vue=True)
+    time.sleep(1.5)
+    third = browser.eval(CHIP_CHECK_JS)
+    chips = {c["node"]: c for c in third["chips"]}
+    assert chips["2"]["text"].split("\n") == ILLUSTRATED_PARTS or chips["2"]["text"].replace("\n", "") == "".join(ILLUSTRATED_PARTS), chips["2"]
+    assert chips["2"]["kinds"] == ["time", "info", "warn", "warn"]
+    attention = chips[drawn["attention_id"]]  # a node at the top of the view: its chips must not hide under the toolbar
+    assert attention["text"] == "attn ! sage+sdpa" and attention["kinds"] == ["warn"] and attention["visible"], attention
+    assert third["covers"] == [], third["covers"]
+    _shot(browser, tmp_path / "vue_partial.png")
+    _keep(tmp_path / "vue_partial.png", "_vue_partial")
+
+
+def test_front_end_loads_every_file_in_web(server, browser):
+    """ComfyUI lists every .js under web/ as an extension script; each must import cleanly in the page."""
+    _open_page(server, browser, vue=False)
+    ours = sorted(p.relative_to(REPO / "web").as_posix() for p in (REPO / "web").rglob("*.js"))
+    prefix = f"/extensions/{urllib.parse.quote(server['folder'])}/"
+    listed = [u for u in browser.eval("fetch('/extensions').then(r => r.json())") if u.startswith(prefix)]
+    assert sorted(u[len(prefix):] for u in listed) == ours, (listed, ours)
+    errors = browser.eval("Promise.all(%s.map(u => import(u).then(() => null, e => u + ': ' + e))).then(r => r.filter(Boolean))"
+                          % json.dumps(listed))
+    assert errors == [], errors
+    loaded = browser.eval("performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)")
+    assert set(listed) <= set(loaded), sorted(set(listed) - set(loaded))  # the front end itself loaded each one

@@ -132,7 +132,7 @@ class Exploding(NullProbe):
 
 
 def test_errors_inside_telemetry_never_escape(caplog):
-    def bad_models():
+    def bad_models(report):
         raise RuntimeError("models broke")
 
     def bad_event(name, payload):
@@ -149,21 +149,68 @@ def test_errors_inside_telemetry_never_escape(caplog):
     assert run is not None and run["nodes"][0]["status"] == "ok"
     assert rec.failures >= 2
     assert run["telemetry_failures"] >= 2
+    assert {"starting GPU counters", "listing loaded models", "sending an event"} <= set(run["telemetry_failure_sites"])
     warnings = [r for r in caplog.records if "wan_accel telemetry" in r.getMessage()]
     assert len(warnings) == 1  # one log line per run, not one per failure
+    # the line also counts sending the finished run, which fails after the record was made
+    assert f"{run['telemetry_failures'] + 1} error(s) inside telemetry" in warnings[0].getMessage()
+    assert "RuntimeError" in warnings[0].getMessage()
 
 
-def test_broken_phase_listener_does_not_break_engine():
+def test_failure_count_is_per_run(caplog):
+    flaky = {"broken": True}
+
+    def models(report):
+        if flaky["broken"]:
+            raise RuntimeError("models broke")
+        return {}
+
+    rec = Recorder(probe=NullProbe(rss=lambda: 1), models=models)
+    runs = []
+    for broken in (True, False):
+        flaky["broken"] = broken
+        rec.begin_run("p")
+        rec.node_start("1", "X")
+        rec.node_finish("1")
+        runs.append(rec.end_run())
+    assert runs[0]["telemetry_failures"] == 1 and runs[0]["telemetry_failure_sites"] == {"listing loaded models": 1}
+    assert runs[0]["nodes"][0]["status"] == "ok" and "span_s" in runs[0]["nodes"][0]  # timed all the same
+    assert runs[1]["telemetry_failures"] == 0 and "telemetry_failure_sites" not in runs[1]
+    assert rec.failures == 1  # the recorder's lifetime total still says something failed once
+    assert len([r for r in caplog.records if "inside telemetry" in r.getMessage()]) == 1
+
+
+def test_failures_between_runs_are_reported_with_the_next_run():
+    rec, _ = make()
+    rec.report_failure("model load hook", KeyError("x"))  # e.g. a hook firing while no prompt runs
+    rec.begin_run("p")
+    run = rec.end_run()
+    assert run["telemetry_failures"] == 1 and run["telemetry_failure_sites"] == {"model load hook": 1}
+
+
+def test_broken_phase_listener_does_not_break_engine_and_is_counted(caplog):
     def broken(event):
         raise RuntimeError("listener broke")
 
+    rec, _ = make()
     phases.add_listener(broken)
     try:
+        rec.begin_run("p")
+        rec.node_start("1", "WanVAEDecode")
         with phases.phase("vae.stem"):
             pass
         phases.note("oom_retry")
+        rec.node_finish("1")
+        run = rec.end_run()
+        assert run["telemetry_failures"] == 2
+        assert run["telemetry_failure_sites"] == {"phase listener test_broken_phase_listener_does_not_break_engine_and_is_counted.<locals>.broken": 2}
+        assert run["nodes"][0]["phases"][0]["name"] == "vae.stem"  # the recorder's own listener still ran
+        with phases.phase("vae.stem"):  # no run, no recorder: logged once per listener
+            pass
+        phases.note("again")
     finally:
         phases.remove_listener(broken)
+    assert len([r for r in caplog.records if "listener broke" in r.getMessage()]) == 2  # the run's line + one
 
 
 def test_node_methods_outside_a_run_are_ignored():
@@ -180,7 +227,7 @@ GB = 1024 * MB
 def test_partial_load_detected_from_loaded_model_list():
     """The 2.3 GB case: WAN loaded with 2299.82 MB left offloaded."""
     loaded = {}
-    rec, clock = make(models=lambda: dict(loaded))
+    rec, clock = make(models=lambda report: dict(loaded))
     loaded["clip"] = {"name": "UMT5", "size": 5 * GB, "loaded": 5 * GB}
     rec.begin_run("p")
     rec.node_start("3", "KSampler")
@@ -197,7 +244,7 @@ def test_partial_load_detected_from_loaded_model_list():
 
 def test_full_load_is_not_partial_and_model_load_hook_times_it():
     loaded = {}
-    rec, clock = make(models=lambda: dict(loaded))
+    rec, clock = make(models=lambda report: dict(loaded))
     rec.begin_run("p")
     rec.node_start("7", "VAEDecode")
     clock.tick(1.5)
@@ -223,7 +270,7 @@ def test_partial_load_from_model_load_hook_only():
 
 def test_partial_unload_of_a_resident_model():
     loaded = {"wan": {"name": "WAN21", "size": 16 * GB, "loaded": 16 * GB}}
-    rec, clock = make(models=lambda: {k: dict(v) for k, v in loaded.items()})
+    rec, clock = make(models=lambda report: {k: dict(v) for k, v in loaded.items()})
     rec.begin_run("p")
     rec.node_start("9", "VAEDecode")
     loaded["wan"]["loaded"] = 10 * GB
@@ -245,9 +292,29 @@ def test_sampler_steps_read_off_the_node():
     rec.node_progress("3", 2, 2)
     rec.node_finish("3")
     steps = rec.end_run()["nodes"][0]["steps"]
-    assert steps["count"] == 2 and steps["total"] == 2
+    assert steps["count"] == 2 and steps["total"] == 2 and steps["unit"] == "sampler step"
     assert steps["seconds"] == [pytest.approx(17.4), pytest.approx(17.4)]  # the model load is not step 1
     assert steps["mean_s"] == pytest.approx(17.4)
+
+
+@pytest.mark.parametrize("node_type, phase, unit", [
+    ("KSamplerAdvanced", None, "sampler step"), ("SamplerCustomAdvanced", None, "sampler step"),
+    ("VAEDecodeTiled", None, "VAE step"), ("WanAccelVAEDecode", "vae.tiles", "VAE step"),
+    ("VAEDecode", "vae.tiles", "VAE step"), ("UpscaleModelLoader", None, "step"),
+])
+def test_progress_ticks_are_named_for_what_they_are(node_type, phase, unit):
+    events = []
+    rec, clock = make(events=events)
+    rec.begin_run("p")
+    rec.node_start("8", node_type)
+    if phase:
+        with phases.phase(phase):
+            pass
+    clock.tick(1.0)
+    rec.node_progress("8", 1, 4)
+    rec.node_finish("8")
+    assert events[-1][1]["record"]["steps"]["unit"] == unit  # live, for the overlay
+    assert rec.end_run()["nodes"][0]["steps"]["unit"] == unit
 
 
 def test_progress_jumps_spread_over_steps():
@@ -389,9 +456,30 @@ def test_raw_allocator_stats_used_when_available_and_dropped_when_their_layout_c
     probe = CudaProbe(cuda, 0, rss=lambda: 1, raw_stats=lambda dev: raw)
     out = probe.end(probe.begin())
     assert out["vram_peak_allocated"] == 5 * GB and out["vram_reserved"] == 6 * GB
+    reported = []
+    probe.report = lambda where, exc: reported.append((where, type(exc).__name__))
     probe.raw_stats = lambda dev: {"something": "else"}
     out = probe.end(probe.begin())
     assert out["vram_peak_allocated"] == cuda.peak and probe.raw_stats is None
+    assert reported == [("reading the allocator's raw stats (public memory_stats() from now on)", "KeyError")]
+
+
+def test_probe_failures_reach_the_run_record():
+    cuda = FakeCuda()
+
+    def no_name(device=None):
+        raise RuntimeError("driver hiccup")
+
+    cuda.get_device_name = no_name
+    reported = []
+    probe = CudaProbe(cuda, 0, rss=lambda: 1, raw_stats=lambda dev: {}, report=lambda w, e: reported.append(w))
+    assert probe.device == "cuda" and reported == ["reading the GPU's name"]
+    rec, _ = make(probe=probe)
+    rec.begin_run("p")
+    rec.node_start("1", "X")
+    rec.node_finish("1")  # raw stats without the expected keys: reported, public call used
+    run = rec.end_run()
+    assert run["telemetry_failure_sites"] == {"reading the allocator's raw stats (public memory_stats() from now on)": 1}
 
 
 def test_events_per_node_are_bounded_and_dicts_kept():
@@ -408,3 +496,54 @@ def test_events_per_node_are_bounded_and_dicts_kept():
     node = rec.end_run()["nodes"][0]
     assert node["notes"][0]["timings"] == {"sdpa": 1.5, "sage": 0.9}
     assert len(node["phases"]) == MAX_EVENTS + 1 and node["phases"][-1]["name"] == "telemetry.events_dropped"
+
+
+# ---------------------------------------------------------------------------- attention kernels
+def test_attention_kernels_that_ran_are_on_the_sampler_once_each():
+    events = []
+    rec, clock = make(events=events)
+    rec.begin_run("p")
+    rec.node_start("62", "WanAccelAttention")  # patches the model; runs nothing
+    rec.node_finish("62")
+    rec.node_start("57", "KSamplerAdvanced")
+    for _ in range(3):  # the override emits once per (model, shape, outcome); repeats must not multiply
+        phases.note("attention_backend", model="WanModel@a1b2c3", shape="1x40x1560x128", backend="sage",
+                    requested="sage", fallback=False, reason="as set", node_id="62")
+    phases.note("attention_backend", model="WanModel@a1b2c3", shape="1x40x512x128", backend="sdpa",
+                requested="sage", fallback=True, reason="sage: head dim 72 unsupported", node_id=62)
+    rec.node_finish("57")
+    run = rec.end_run()
+    sampler = by_id(run)["57"]
+    assert sampler["attention"] == [
+        {"model": "WanModel@a1b2c3", "shape": "1x40x1560x128", "backend": "sage", "requested": "sage", "fallback": False,
+         "reason": "as set", "node_id": "62"},
+        {"model": "WanModel@a1b2c3", "shape": "1x40x512x128", "backend": "sdpa", "requested": "sage", "fallback": True,
+         "reason": "sage: head dim 72 unsupported", "node_id": "62"}]
+    assert events[-2][1]["record"]["attention"] == sampler["attention"]  # live, for the overlay
+    assert "attention" not in by_id(run)["62"]
+    assert run["totals"]["attention_fallbacks"] == 1
+
+
+def test_attention_notes_without_the_new_fields_still_show():
+    rec, _ = make()
+    rec.begin_run("p")
+    rec.node_start("57", "KSamplerAdvanced")
+    phases.note("attention_backend", model="m", shape="s", backend="sub_quad", reason="fallback: sage unavailable")
+    rec.node_finish("57")
+    [entry] = rec.end_run()["nodes"][0]["attention"]
+    assert entry["fallback"] is True and entry["requested"] is None and entry["node_id"] is None
+
+
+def test_facts_noted_once_per_run_are_in_every_run():
+    rec, _ = make()
+    runs = []
+    for _ in range(2):  # e.g. a second prompt whose attention node is cached: the kernel is still reported
+        rec.begin_run("p")
+        rec.node_start("57", "KSamplerAdvanced")
+        for _ in range(40):  # once per attention call
+            phases.note_once_per_run(("attention_backend", "m", "s", "sage"), "attention_backend", model="m",
+                                     shape="s", backend="sage")
+        rec.node_finish("57")
+        runs.append(rec.end_run())
+    for run in runs:
+        assert [n["backend"] for n in run["nodes"][0]["notes"]] == ["sage"]
