@@ -1,0 +1,8 @@
+"""Fast exact kernels for the VAE engine, and the ops that use them.
+
+- :mod:`.subpixel`: nearest 2x upsample + 3x3 conv as one sub-pixel convolution
+  (:class:`~.subpixel.SubPixelConv` replaces ``Seq([Upsample2x(), Conv(conv2d)])``);
+- :mod:`.norm_act`: RMS norm + SiLU (+ the residual add before it) in one Triton kernel, with a
+  torch path that gives the same results where Triton is missing or cannot run.
+Exact like the ops they replace (tests/test_vae_kernels.py).
+"""
