@@ -1,5 +1,6 @@
 """The VAE engine's fast kernels equal the ops they replace: sub-pixel upsampling conv, fused RMS
-norm + SiLU (torch path, and the Triton kernel under Triton's CPU interpreter)."""
+norm + SiLU (torch path, and the Triton kernel under Triton's CPU interpreter), the fused ops and
+the rewritten decode graph against diffusers' untiled decode."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from wan_accel.vae_accel.kernels import availability
+from wan_accel.vae_accel.kernels.fused import NormConv, PendingSum
 from wan_accel.vae_accel.kernels.norm_act import norm_act, norm_act_torch
+from wan_accel.vae_accel.kernels.rewrite import KernelChoice, accelerate_graph
 from wan_accel.vae_accel.kernels.subpixel import SubPixelConv, phase_weights, subpixel_conv
 from wan_accel.vae_accel.ops import Conv, ExecContext, NormAct, Seq, TileState, Upsample2x
 from wan_accel.vae_accel.rect import Rect
@@ -263,3 +266,106 @@ def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, flags, monk
                     attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
     assert ("ld.global.v4" in ptx) == contiguous_channels
+
+
+# ---------------------------------------------------------------- fused ops and the rewritten graph
+
+
+def test_pending_sum_is_added_once_and_crops_materialize():
+    h, s = _rand(1, 4, 1, 3, 3, seed=20), _rand(1, 4, 1, 3, 3, seed=21)
+    p = PendingSum(h.clone(), s)
+    part = p[..., 1:, 1:]
+    assert part.shape == (1, 4, 1, 2, 2)
+    assert torch.equal(p.materialize(), h + s) and torch.equal(p.materialize(), h + s)
+
+
+def test_norm_conv_equals_norm_then_causal_conv_across_slices():
+    norm = NormAct(torch.rand(6) + 0.5, None)
+    conv = Conv(torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)))
+    norm.key, conv.key = 0, 1
+    engine, ours = Seq([norm, conv]), NormConv(norm, conv)
+    ctx = ExecContext(torch.device("cpu"), torch.float32)
+    x = _rand(1, 6, 5, 6, 7, seed=22)
+    full, out = Rect(0, 6, 0, 7), Rect(1, 5, 0, 4)
+    se, so = TileState(), TileState()
+    for f0, f1 in [(0, 1), (1, 3), (3, 5)]:  # the cached frames carry across slices
+        want = engine.run(x[:, :, f0:f1], full, out, (6, 7), se, ctx)
+        got = ours.run(x[:, :, f0:f1], full, out, (6, 7), so, ctx)
+        assert _close(got, want)
+        se.commit(), so.commit()
+
+
+@pytest.fixture
+def accelerated_decode(monkeypatch):
+    """The engine's decode with the rewritten graph patched in (as the engine would wire it)."""
+    import wan_accel.vae_accel  # noqa: F401
+
+    decode_module = sys.modules["wan_accel.vae_accel.decode"]
+    original = decode_module.decoder_graph
+
+    def use(choice: KernelChoice = KernelChoice()):
+        monkeypatch.setattr(decode_module, "decoder_graph", lambda vae: accelerate_graph(original(vae), choice))
+        return decode_module.decode
+
+    return use
+
+
+@pytest.mark.parametrize("choice,plans", [(KernelChoice(), [(None, None), (3, 2)]),
+                                          (KernelChoice(norm_conv=False), [(3, 2)]),
+                                          (KernelChoice(subpixel=False, defer_residual=False), [(3, 2)])])
+def test_accelerated_decode_equals_untiled_reference(accelerated_decode, choice, plans):
+    from wan_fixtures import reference_decode, wan21
+
+    model, z = wan21(), _rand(1, 16, 3, 4, 5, seed=23)
+    ref = reference_decode(model, z)
+    decode = accelerated_decode(choice)
+    for tile, k in plans:
+        out = decode(model, z, tile=tile, slice_len=k, progress=False).clamp(-1, 1)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= TOL
+
+
+def test_accelerated_wan22_decode_is_exact(accelerated_decode):
+    from wan_fixtures import reference_decode, wan22
+
+    model, z = wan22(), _rand(1, 48, 3, 4, 5, seed=24)
+    ref = reference_decode(model, z)
+    out = accelerated_decode()(model, z, tile=2, slice_len=2, progress=False).clamp(-1, 1)
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_rewrite_replaces_every_upsample_conv_and_norm_conv():
+    from wan_fixtures import wan21
+
+    from wan_accel.vae_accel import build_decoder
+
+    graph = build_decoder(wan21())
+    fast = accelerate_graph(graph)
+    names = [type(op).__name__ for op in fast.up.ops]
+    assert names.count("SubPixelConv") == 3 and "Upsample2x" not in names and "Seq" not in names
+    blocks = [op for op in fast.up.ops if type(op).__name__ == "FusedResBlock"]
+    assert len(blocks) == 12
+    # each block's add is deferred into the next norm, except before an upsampler
+    assert [b.defer for b in blocks] == [True, True, False] * 3 + [True, True, True]
+    assert names[-1] == "NormConv"
+    assert [type(op).__name__ for op in graph.up.ops].count("Upsample2x") == 0  # original untouched
+    assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.scale() == graph.up.scale()
+
+
+def test_accelerated_decode_under_triton_interpreter():
+    _in_interpreter("check_accelerated_decode_on_the_kernels")
+
+
+def check_accelerated_decode_on_the_kernels():
+    """The whole path on the kernel itself: channels-last buffers, Triton norms, sub-pixel convs."""
+    import wan_accel.vae_accel  # noqa: F401
+    from wan_fixtures import reference_decode, wan21
+
+    _kernel_only()
+    decode_module = sys.modules["wan_accel.vae_accel.decode"]
+    original = decode_module.decoder_graph
+    decode_module.decoder_graph = lambda vae: accelerate_graph(original(vae))
+    model, z = wan21(), _rand(1, 16, 2, 3, 4, seed=25)
+    ref = reference_decode(model, z)
+    out = decode_module.decode(model, z, slice_len=1, channels_last=True, progress=False).clamp(-1, 1)
+    assert (out - ref).abs().max().item() <= TOL
