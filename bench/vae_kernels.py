@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -267,6 +268,9 @@ def main():
     from wan_accel.vae_accel.runtime import default_budget, element_size
 
     skip = set(a.skip.split(","))
+    kernel_log = CapturedLog()
+    logging.getLogger("wan_accel").addHandler(kernel_log)
+    logging.getLogger("wan_accel").setLevel(logging.INFO)
     res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype), "frames": a.frames, "size": a.size, "model": "comfy WanVAE" if a.comfy else "diffusers AutoencoderKLWan"}
     with contextlib.suppress(ImportError):
@@ -298,7 +302,18 @@ def main():
         res["profile"] = profiles(model, z, dev)
     if "fresh" not in skip:
         res["fresh_process_first_decode"] = fresh_processes(a)
+    res["kernel_log"] = kernel_log.lines  # a Triton kernel that failed here says so (and the torch path ran)
     write_json(a.out, res)
+
+
+class CapturedLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        if "kernels" in record.getMessage():
+            self.lines.append(record.getMessage())
 
 
 if __name__ == "__main__":
