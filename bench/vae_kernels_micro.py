@@ -152,7 +152,7 @@ def micro_upsample(pair, dev, dtype, ctx, reps):
 def micro_norm(call, dev, dtype, contexts, reps):
     from wan_accel.vae_accel.kernels.fused import norm_params
     from wan_accel.vae_accel.kernels.norm_act import norm_act, norm_act_torch
-    from wan_accel.vae_accel.ops import TileState
+    from wan_accel.vae_accel.ops import TileState, rms_norm_silu
     from wan_accel.vae_accel.rect import Rect
 
     norm, out = call["op"], call["out"]
@@ -163,6 +163,8 @@ def micro_norm(call, dev, dtype, contexts, reps):
     row = {"op": "rms_norm+silu", "channels": shape[1], "frames": shape[2], "hw": [out.height, out.width],
            "gbyte_moved": round(2 * x.numel() * x.element_size() / 1e9, 3)}
     variants = {f"engine_{k}": (lambda c=c: norm.run(x, r, r, (out.height, out.width), TileState(), c)) for k, c in contexts.items()}
+    g5 = g.reshape(1, -1, 1, 1, 1)
+    variants["engine_rms_norm_silu_eager"] = lambda: rms_norm_silu(x, g5)
     variants["torch_fallback"] = lambda: norm_act_torch(x, g)
     variants["triton"] = lambda: norm_act(x, g)
     for k, c in contexts.items():
