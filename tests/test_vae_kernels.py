@@ -334,6 +334,23 @@ def test_accelerated_wan22_decode_is_exact(accelerated_decode):
     assert (out - ref).abs().max().item() <= TOL
 
 
+def test_accelerated_encode_is_exact(monkeypatch):
+    """The norm/residual rewrites apply to the encoder's graph too (no upsampler there)."""
+    import wan_accel.vae_accel  # noqa: F401
+    from wan_fixtures import wan21
+
+    encode_module = sys.modules["wan_accel.vae_accel.encode"]
+    original = encode_module.encoder_graph
+    monkeypatch.setattr(encode_module, "encoder_graph", lambda vae: accelerate_graph(original(vae)))
+    model = wan21()
+    x = _rand(1, 3, 5, 24, 32, seed=26).clamp(-1, 1)
+    with torch.no_grad():
+        ref = model.encode(x).latent_dist.mean
+    out = encode_module.encode(model, x, tile=2, slice_len=1, progress=False)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= TOL
+
+
 def test_rewrite_replaces_every_upsample_conv_and_norm_conv():
     from wan_fixtures import wan21
 
