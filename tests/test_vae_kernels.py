@@ -244,10 +244,11 @@ def _ptxas_available() -> bool:
     ("bf16", True, dict(HAS_ADD=True, HAS_BIAS=False, ACT=True)),
     ("fp32", False, dict(HAS_ADD=False, HAS_BIAS=True, ACT=False)),
 ])
-def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, flags, monkeypatch):
+def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, flags, monkeypatch, tmp_path):
     """The real compiler is stricter than the interpreter (globals, casts): compile for sm90 here,
     and the channels-last variant must load channels as 16-byte vectors."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     import inspect
 
     import triton
