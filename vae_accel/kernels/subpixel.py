@@ -130,13 +130,6 @@ class SubPixelConv(Op):
     def scale(self) -> int:
         return 2
 
-    def memory(self, size: tuple[int, int], frames: float) -> tuple[float, float]:
-        """(cache elements, widest activation elements) for the planner: the input, the phase
-        grid (4 Cout at input resolution, one extra row and column) and the output alive together."""
-        h, w = size
-        cout, cin = self.conv.module.weight.shape[:2]
-        return 0.0, frames * (cin * h * w + 4 * cout * (h + 1) * (w + 1) + cout * 4 * h * w)
-
     def run(self, x: torch.Tensor, have: Rect, out: Rect, size, st: TileState, ctx: ExecContext) -> torch.Tensor:
         module = self.conv.module
 
