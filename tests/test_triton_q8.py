@@ -151,6 +151,26 @@ def test_dominant_keys_do_not_overflow(q8):
 
 
 @pytest.mark.parametrize("pv", ["fp8", "16bit"])
+def test_small_attention_weights_keep_their_precision(q8, pv):
+    """A tail of keys at 1e-3 and 1e-4 of the top weight, carrying +w and -w: FP8 P·V stores P*448,
+    so those weights stay normal e4m3 numbers instead of flushing to zero (which would drop 9% of w)."""
+    g = torch.Generator().manual_seed(9)
+    n = 150
+    q = 0.1 * torch.randn(1, 1, 64, 64, generator=g)
+    q[..., 0] = 8.0  # score of a key = its first channel (8 * c / sqrt(64))
+    k = 0.1 * torch.randn(1, 1, 1 + 2 * n, 64, generator=g)
+    k[0, 0, 0, 0], k[0, 0, 1:n + 1, 0], k[0, 0, n + 1:, 0] = 10.0, 10.0 - 7.1, 10.0 - 9.2
+    w = torch.randn(64, generator=g)
+    v = 0.05 * torch.randn(1, 1, 1 + 2 * n, 64, generator=g)
+    v[0, 0, 0] += torch.randn(64, generator=g)
+    v[0, 0, 1:n + 1] += w
+    v[0, 0, n + 1:] -= w
+    q, k, v = q.half(), k.half(), v.half()
+    out = q8.attention(q, k, v, qk="int8", pv=pv, config=Config(64, 64, 4, 2))
+    assert_close(out, reference(q, k, v), ("int8", pv))
+
+
+@pytest.mark.parametrize("pv", ["fp8", "16bit"])
 def test_zero_and_constant_inputs_stay_finite(q8, pv):
     """All-zero rows and a V without spread have zero range: the scales must not divide by it."""
     z = torch.zeros(1, 2, 70, 64, dtype=torch.bfloat16)
