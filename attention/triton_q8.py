@@ -11,7 +11,8 @@
 - **Layout.** Q, K, V are read through their strides (ComfyUI's ``(B, L, H*D)`` as ``(B, H, L, D)``
   views: no copies); the output is written straight into a ``(B, L, H, D)`` buffer, so the caller's
   reshape back to ``(B, L, H*D)`` is free. Scratch: K and V in 8 bits (one byte per element each,
-  padded to 128 tokens) and three float32 vectors; freed when the call returns.
+  padded to 128 tokens) and a float32 scale per key, for as many heads at a time as fit
+  ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (default 512); freed when the call returns.
 - **Declines** (the dispatcher falls back): masks, head dims other than 64/128, float32 inputs or a
   float32 precision request, fewer keys than ``WAN_ACCEL_TRITON_Q8_MIN_KV`` (default 1024: Wan's
   cross-attention to 512 text / 257 image tokens is not worth quantising), GPUs below sm80.
@@ -53,6 +54,9 @@ MEAN_SAMPLES = 4096  # tokens the K and V means are taken over (any vector works
 E4M3_MAX = 448.0
 LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # batch * heads is the grid's second axis
+SCRATCH_ENV = "WAN_ACCEL_TRITON_Q8_SCRATCH_MB"
+DEFAULT_SCRATCH_MB = 512  # 8-bit K and V of ~24 heads at Wan 14B's 82,992 tokens
+KERNEL_VERSION = "q8v1"  # part of the tuning cache key: bump when the kernels change
 
 TUNER = Tuner()
 
@@ -204,14 +208,31 @@ def tune_key(q: torch.Tensor, k: torch.Tensor, qk: str, pv: str, capability) -> 
 
     b, h, lq, d = q.shape
     name = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
-    return (f"{name}|sm{capability[0]}{capability[1]}|triton {triton.__version__}|d{d}|"
+    return (f"{KERNEL_VERSION}|{name}|sm{capability[0]}{capability[1]}|triton {triton.__version__}|d{d}|"
             f"{qk}/{pv}|bh{length_class(b * h)}|lq{length_class(lq)}|lk{length_class(k.shape[2])}")
+
+
+def scratch_budget_bytes() -> int:
+    value = os.environ.get(SCRATCH_ENV, "")
+    try:
+        return int(float(value) * 2**20) if value else DEFAULT_SCRATCH_MB * 2**20
+    except ValueError:
+        raise ValueError(f"{SCRATCH_ENV}={value!r}: expected megabytes") from None
+
+
+def heads_per_chunk(b: int, h: int, lk: int, d: int, pv_fp8: bool) -> int:
+    """Heads whose 8-bit K (and V) fit the scratch budget together; at least one."""
+    lkp = -(-lk // MAX_BLOCK_N) * MAX_BLOCK_N
+    per_head = b * lkp * ((2 * d + 4) if pv_fp8 else (d + 4))  # K8 (+ V8) + the key scales
+    return max(1, min(h, scratch_budget_bytes() // per_head))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, qk: str | None = None, pv: str | None = None,
               config: Config | None = None) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(D)) v for (B, H, L, D) tensors (views welcome); returns (B, H, Lq, D), a view
-    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds; ``config`` skips tuning."""
+    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds; ``config`` skips tuning. Heads
+    go through in chunks whose quantised K/V fit ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (the result does
+    not depend on the chunking: every scale is per batch and head)."""
     b, h, lq, d = q.shape
     capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
     default_qk, default_pv = kinds(capability)
@@ -223,17 +244,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, qk: str | No
     if lq == 0:
         return out
     qk_fp8, pv_fp8 = qk == "fp8", pv == "fp8"
-    kv = quantize_kv(k, v, qk_fp8, pv_fp8)
+    step = heads_per_chunk(b, h, k.shape[2], d, pv_fp8)
+    for h0 in range(0, h, step):
+        heads = slice(h0, min(h, h0 + step))
+        q_c, out_c = q[:, heads], out[:, heads]
+        kv = quantize_kv(k[:, heads], v[:, heads], qk_fp8, pv_fp8)
+        if config is None:
+            def measure(cfg: Config) -> float:
+                launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability)  # compile and warm up
+                return time_ms(lambda: launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability))
 
-    def launch(cfg: Config) -> None:
-        launch_attention(q, kv, out, cfg, qk_fp8, pv_fp8, capability)
-
-    if config is None:
-        def measure(cfg: Config) -> float:
-            launch(cfg)  # compile and warm up
-            return time_ms(lambda: launch(cfg))
-
-        cands = candidates(capability, d)
-        config = TUNER.pick(tune_key(q, k, qk, pv, capability), cands, measure) if capability else cands[0]
-    launch(config)
+            cands = candidates(capability, d)
+            config = TUNER.pick(tune_key(q, k, qk, pv, capability), cands, measure) if capability else cands[0]
+        launch_attention(q_c, kv, out_c, config, qk_fp8, pv_fp8, capability)
+        del kv  # the next chunk reuses the memory (same stream)
     return out

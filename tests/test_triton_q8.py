@@ -200,6 +200,24 @@ def test_scratch_is_released(q8, monkeypatch):
     assert out.shape == (1, 2, 40, 64)
 
 
+def test_head_chunks_bound_the_scratch_and_change_nothing(q8, monkeypatch):
+    q, k, v = comfy_qkv(2, 3, 70, 70, 64, torch.bfloat16, seed=10)
+    whole = q8.attention(q, k, v, config=Config(64, 64, 4, 2))
+    heads_quantised = []
+    real = q8.quantize_kv
+    monkeypatch.setattr(q8, "quantize_kv", lambda k_, *a: heads_quantised.append(k_.shape[1]) or real(k_, *a))
+    per_head_mb = 2 * 128 * (2 * 64 + 4) / 2**20  # batch 2, 128 padded keys, K8 + V8 + key scales
+    monkeypatch.setenv(q8.SCRATCH_ENV, str(2.5 * per_head_mb))
+    two_and_one = q8.attention(q, k, v, config=Config(64, 64, 4, 2))
+    monkeypatch.setenv(q8.SCRATCH_ENV, "0")
+    one_by_one = q8.attention(q, k, v, config=Config(64, 64, 4, 2))
+    assert heads_quantised == [2, 1, 1, 1, 1]
+    assert torch.equal(two_and_one, whole) and torch.equal(one_by_one, whole)
+    monkeypatch.setenv(q8.SCRATCH_ENV, "lots")
+    with pytest.raises(ValueError, match=q8.SCRATCH_ENV):
+        q8.attention(q, k, v, config=Config(64, 64, 4, 2))
+
+
 # ---------------------------------------------------------------------------------------------
 # the backend interface: run, unsupported_reason, probe, reset
 # ---------------------------------------------------------------------------------------------
