@@ -177,8 +177,9 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool) ->
 
 
 def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Config, qk_fp8: bool, pv_fp8: bool,
-                     capability: tuple[int, int] | None) -> None:
-    """One launch of the attention kernel into ``out`` ((B, H, Lq, D), any strides with D contiguous)."""
+                     capability: tuple[int, int] | None):
+    """One launch of the attention kernel into ``out`` ((B, H, Lq, D), any strides with D contiguous);
+    returns Triton's compiled kernel (registers, spills, shared memory) or None under the interpreter."""
     b, h, lq, d = q.shape
     k_arg, v_arg = kv.k8, kv.v
     if cfg.use_tma:
@@ -190,7 +191,7 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
     v_strides = (0, 0, 0) if pv_fp8 else (kv.v.stride(0), kv.v.stride(1), kv.v.stride(2))
     # Ada (and anything but Hopper, where it is Triton's default) would fold the add into the MMA
     pv_imprecise = cfg.block_n if pv_fp8 and capability is not None and capability != (9, 0) else 0
-    _kernels().attn_kernel[(-(-lq // cfg.block_m), b * h)](
+    return _kernels().attn_kernel[(-(-lq // cfg.block_m), b * h)](
         q, k_arg, kv.k_scale, v_arg, kv.v_scale, kv.v_mean, out,
         q.stride(0), q.stride(1), q.stride(2), *v_strides, out.stride(0), out.stride(1), out.stride(2),
         h, lq, kv.lk, kv.padded_len, LOG2E / math.sqrt(d),

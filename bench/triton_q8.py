@@ -114,9 +114,25 @@ class ShapeBench:
 
         entry = {"stage": stage, "qk": qk, "pv": pv, "config": cfg.label()}
         entry.update(self.measure(lambda: triton_q8.attention(self.q, self.k, self.v, qk=qk, pv=pv, config=cfg)))
+        if "ms" in entry:
+            entry.update(self.resources(qk, pv, cfg))
         self.result["triton_q8"]["configs"].append(entry)
         print(f"  {self.name} {stage} {qk}/{pv} {cfg.label()}: {entry.get('ms', entry.get('error'))}", flush=True)
         return entry
+
+    def resources(self, qk: str, pv: str, cfg) -> dict:
+        """Registers per thread, spilled bytes and shared memory of the compiled attention kernel."""
+        from wan_accel.attention import triton_q8
+
+        heads = slice(0, 1)
+        kv = triton_q8.quantize_kv(self.k[:, heads], self.v[:, heads], qk == "fp8", pv == "fp8")
+        out = torch.empty_like(self.q[:, heads])
+        cap = torch.cuda.get_device_capability() if self.device.type == "cuda" else None
+        kernel = triton_q8.launch_attention(self.q[:, heads], kv, out, cfg, qk == "fp8", pv == "fp8", cap)
+        if kernel is None:  # the interpreter compiles nothing
+            return {}
+        return {"regs": getattr(kernel, "n_regs", None), "spills": getattr(kernel, "n_spills", None),
+                "shared_bytes": getattr(kernel.metadata, "shared", None)}
 
     def quant_ms(self, qk: str, pv: str) -> float:
         from wan_accel.attention import triton_q8
