@@ -67,7 +67,10 @@ def _kernels():
 
 def interpreted() -> bool:
     """True when the kernels were built under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
-    return "Interpreted" in type(_kernels().attn_kernel).__name__
+    try:
+        return "Interpreted" in type(_kernels().attn_kernel).__name__
+    except ImportError:  # no triton: nothing runs anywhere, and probe() says so
+        return False
 
 
 def probe() -> None:
@@ -85,12 +88,13 @@ def probe() -> None:
         raise RuntimeError(f"triton_q8 needs compute capability >= {MIN_CAPABILITY}, this GPU is {cap}")
 
 
-def min_kv_len() -> int:
-    value = os.environ.get(MIN_KV_ENV, "")
+def min_kv_len() -> int | None:
+    """The fewest keys taken (``WAN_ACCEL_TRITON_Q8_MIN_KV``), or None when the variable is malformed."""
+    value = os.environ.get(MIN_KV_ENV, "").strip()
     try:
         return int(value) if value else DEFAULT_MIN_KV
     except ValueError:
-        raise ValueError(f"{MIN_KV_ENV}={value!r}: expected a whole number of keys") from None
+        return None
 
 
 def kinds(capability: tuple[int, int] | None) -> tuple[str, str]:
@@ -120,8 +124,12 @@ def unsupported_reason(call: "AttnCall") -> str | None:
         return "triton_q8 would ignore the attention mask"
     if call.wants_fp32:
         return "triton_q8 quantises; the call asks for attn_precision=float32"
-    if call.k_len < min_kv_len():
-        return (f"triton_q8 skips {call.k_len} keys (< {min_kv_len()}, {MIN_KV_ENV}): "
+    # a reason, never an exception: the dispatcher asks before its try block, on every new shape
+    min_kv = min_kv_len()
+    if min_kv is None:
+        return f"triton_q8: {MIN_KV_ENV}={os.environ.get(MIN_KV_ENV)!r} is not a whole number of keys; fix or unset it"
+    if call.k_len < min_kv:
+        return (f"triton_q8 skips {call.k_len} keys (< {min_kv}, {MIN_KV_ENV}): "
                 "quantising a short context costs more than it saves")
     if call.batch * call.heads > MAX_GRID_Y:
         return f"triton_q8 takes batch*heads <= {MAX_GRID_Y}, not {call.batch * call.heads}"

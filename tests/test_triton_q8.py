@@ -256,9 +256,8 @@ def test_unsupported_reasons(q8, monkeypatch):
     assert "512 keys" in short and q8.MIN_KV_ENV in short
     monkeypatch.setenv(q8.MIN_KV_ENV, "256")
     assert q8.unsupported_reason(_call(lk=512)) is None
-    monkeypatch.setenv(q8.MIN_KV_ENV, "many")
-    with pytest.raises(ValueError, match=q8.MIN_KV_ENV):
-        q8.unsupported_reason(_call(lk=512))
+    monkeypatch.setenv(q8.MIN_KV_ENV, "many")  # a reason, not an exception: the dispatcher asks outside its try
+    assert "'many' is not a whole number" in q8.unsupported_reason(_call(lk=512))
     monkeypatch.setattr(q8, "interpreted", lambda: False)
     assert "CUDA only" in q8.unsupported_reason(_call())
 
@@ -299,6 +298,15 @@ def test_probe_without_cuda_or_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     with pytest.raises(ImportError):
         triton_q8.probe()
+
+
+def test_without_triton_nothing_claims_to_be_interpreted(monkeypatch):
+    from wan_accel.attention import triton_q8
+
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.delitem(sys.modules, KERNELS, raising=False)
+    assert triton_q8.interpreted() is False
+    assert "CUDA only" in triton_q8.unsupported_reason(_call())
 
 
 def test_importing_the_wrapper_needs_no_triton(monkeypatch):
