@@ -1,0 +1,194 @@
+"""Launch configurations of the ``triton_q8`` kernel: candidates per GPU, the pick, its caches.
+
+The first call of a shape class on a GPU times a short list of candidates (one compile and three
+timed launches each) and keeps the fastest; the pick is kept in memory and in a JSON file next to
+Triton's own cache (``$TRITON_CACHE_DIR`` or ``~/.triton/cache``; ``WAN_ACCEL_TRITON_Q8_CACHE`` names
+another file, an empty value turns the file off), keyed by GPU, Triton version, head dim, kinds and
+the power-of-two classes of the query and key lengths. A process that finds the file does not tune.
+Triton's ``autotune`` is not used because a candidate here is two launches (quantisation and
+attention) whose kinds also change the buffers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("wan_accel.attention")
+
+CACHE_ENV = "WAN_ACCEL_TRITON_Q8_CACHE"
+CONFIG_ENV = "WAN_ACCEL_TRITON_Q8_CONFIG"
+AUTOTUNE_ENV = "WAN_ACCEL_TRITON_Q8_AUTOTUNE"
+MAX_BLOCK_N = 128  # key buffers are padded to a multiple of this
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    use_tma: bool = False  # Hopper+: K and V tiles through tensor descriptors (TMA)
+    warp_specialize: bool = False  # Triton's warp specialisation of the key loop (Blackwell first)
+
+    def label(self) -> str:
+        extra = ("_tma" if self.use_tma else "") + ("_ws" if self.warp_specialize else "")
+        return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{extra}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Config":
+        """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation)."""
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            block_m, block_n, warps, stages = (int(p) for p in parts[:4])
+        except ValueError:
+            raise ValueError(f"{CONFIG_ENV}={text!r}: expected BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]") from None
+        flags = set(parts[4:])
+        unknown = flags - {"tma", "ws"}
+        if unknown:
+            raise ValueError(f"{CONFIG_ENV}={text!r}: unknown flags {sorted(unknown)} (known: tma, ws)")
+        cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        for name, value in (("block_m", self.block_m), ("block_n", self.block_n)):
+            if value not in (16, 32, 64, 128, 256):
+                raise ValueError(f"triton_q8 {name} {value}: use 16, 32, 64, 128 or 256")
+        if not 32 <= self.block_n <= MAX_BLOCK_N:
+            raise ValueError(f"triton_q8 block_n must be 32..{MAX_BLOCK_N} (the K dimension of an 8-bit P·V "
+                             "product; key buffers are padded to the largest)")
+
+
+def candidates(capability: tuple[int, int] | None, head_dim: int) -> list[Config]:
+    """The short list timed at run time, best guess first. Chosen from compiles for each target with
+    the spill count in view (a 128-row query block needs 8 warps at head dim 128, or its float32
+    accumulator spills); ``bench/triton_q8.py`` sweeps the wider space on a GPU. No GPU (the CPU
+    interpreter) gets one small portable entry."""
+    if capability is None:
+        return [Config(64, 64, 4, 2)]
+    if capability >= (9, 0):
+        return [Config(128, 128, 8, 2, use_tma=True), Config(128, 128, 8, 3, use_tma=True),
+                Config(128, 64, 8, 2, use_tma=True)]
+    if head_dim <= 64:
+        return [Config(128, 64, 4, 3), Config(128, 64, 8, 3), Config(64, 64, 4, 3)]
+    return [Config(128, 64, 8, 3), Config(64, 64, 4, 3), Config(128, 128, 8, 2)]
+
+
+def length_class(n: int) -> int:
+    """Power-of-two class of a sequence length: shapes of one class share a pick."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def cache_path() -> Path | None:
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value) if value else None
+    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    return Path(base) / "wan_accel_triton_q8.json"
+
+
+def time_ms(fn: Callable[[], object], reps: int = 3) -> float:
+    """Median of ``reps`` timings of ``fn`` (already compiled): CUDA events on a GPU, else wall time."""
+    import time
+
+    import torch
+
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+class Tuner:
+    """Picks a :class:`Config` per key, once; remembers it in memory and on disk."""
+
+    def __init__(self) -> None:
+        self.picks: dict[str, Config] = {}
+        self.timings: dict[str, dict[str, float | str]] = {}  # key -> candidate label -> ms or error
+        self._disk_loaded = False
+
+    def reset(self) -> None:
+        self.picks.clear()
+        self.timings.clear()
+        self._disk_loaded = False
+
+    def _load_disk(self) -> None:
+        self._disk_loaded = True
+        path = cache_path()
+        if path is None or not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text())
+            for key, fields in data.items():
+                self.picks.setdefault(key, Config(**fields))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("triton_q8: ignoring the tuning cache %s (%s)", path, exc)
+
+    def _save_disk(self) -> None:
+        path = cache_path()
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                data = json.loads(path.read_text()) if path.is_file() else {}
+            except ValueError:
+                data = {}
+            data.update({k: asdict(c) for k, c in self.picks.items()})
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("triton_q8: could not write the tuning cache %s (%s)", path, exc)
+
+    def pick(self, key: str, cands: list[Config], measure: Callable[[Config], float]) -> Config:
+        """The config for ``key``: forced by ``WAN_ACCEL_TRITON_Q8_CONFIG``, cached, or the fastest of
+        ``cands`` by ``measure`` (milliseconds; a candidate that raises is skipped, and if all raise the
+        last error propagates). ``WAN_ACCEL_TRITON_Q8_AUTOTUNE=0`` takes the first candidate untimed."""
+        forced = os.environ.get(CONFIG_ENV)
+        if forced:
+            return Config.parse(forced)
+        if key in self.picks:
+            return self.picks[key]
+        if not self._disk_loaded:
+            self._load_disk()
+            if key in self.picks:
+                return self.picks[key]
+        if os.environ.get(AUTOTUNE_ENV, "1") == "0" or len(cands) == 1:
+            self.picks[key] = cands[0]
+            return cands[0]
+        results: dict[str, float | str] = {}
+        best, best_ms, last_exc = None, float("inf"), None
+        for cfg in cands:
+            try:
+                ms = float(measure(cfg))
+            except Exception as exc:  # compile error, out of shared memory...
+                results[cfg.label()] = f"{type(exc).__name__}: {exc}"[:300]
+                last_exc = exc
+                continue
+            results[cfg.label()] = ms
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        self.timings[key] = results
+        if best is None:
+            raise last_exc  # type: ignore[misc]
+        log.info("triton_q8: %s -> %s (%.2f ms; %s)", key, best.label(), best_ms,
+                 ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} failed" for k, v in results.items()))
+        self.picks[key] = best
+        self._save_disk()
+        return best
