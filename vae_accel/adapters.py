@@ -44,9 +44,11 @@ class UnsupportedVAE(TypeError):
 
 @dataclass
 class DecoderGraph:
+    """The decoder's op graph. It holds only weak references to the VAE's modules (cached graphs
+    must not keep a VAE alive); callers pass the VAE again when they run it."""
+
     source: str  # "comfyui" or "diffusers"
     version: str  # "2.1" or "2.2"
-    module: torch.nn.Module
     latent_channels: int
     out_channels: int
     stem: Seq  # post-quant conv, conv in, middle block: latent resolution, whole frames
@@ -61,8 +63,7 @@ class DecoderGraph:
 
 
 def _norm(m, act: bool = True) -> NormAct:
-    bias = m.bias if isinstance(getattr(m, "bias", None), torch.Tensor) else None
-    return NormAct(m.gamma, bias, act=act)
+    return NormAct(m, act=act)
 
 
 def _is_identity(m) -> bool:
@@ -130,7 +131,7 @@ def _up_block(m) -> Op:
     return _up_item(m)  # ComfyUI 2.1: a flat list of blocks
 
 
-def _find_vae(obj) -> torch.nn.Module:
+def find_module(obj) -> torch.nn.Module:
     """Accept the bare module, ComfyUI's ``comfy.sd.VAE`` wrapper or anything holding one."""
     for attr in ("first_stage_model",):
         inner = getattr(obj, attr, None)
@@ -143,7 +144,7 @@ def _find_vae(obj) -> torch.nn.Module:
 
 def build_decoder(vae) -> DecoderGraph:
     """The op graph of a Wan VAE decoder, or :class:`UnsupportedVAE` naming what is supported."""
-    m = _find_vae(vae)
+    m = find_module(vae)
     dec = getattr(m, "decoder", None)
     if dec is None:
         raise UnsupportedVAE(f"{type(m).__name__} has no decoder. Supported: {SUPPORTED_VAES}")
@@ -190,7 +191,6 @@ def build_decoder(vae) -> DecoderGraph:
     return DecoderGraph(
         source=source,
         version="2.2" if patch == 2 else "2.1",
-        module=m,
         latent_channels=latent_channels,
         out_channels=out_channels,
         stem=stem,
@@ -210,9 +210,10 @@ def _walk(op: Op):
 
 @dataclass
 class EncoderGraph:
+    """The encoder's op graph; like :class:`DecoderGraph`, only weak references to the modules."""
+
     source: str
     version: str
-    module: torch.nn.Module
     in_channels: int  # image channels before any patchify
     latent_channels: int
     down: Seq  # (2.2: patchify,) conv in and the downsampling path: run per tile
@@ -259,7 +260,7 @@ def _down_block(m) -> Op:
 
 def build_encoder(vae) -> EncoderGraph:
     """The op graph of a Wan VAE encoder, or :class:`UnsupportedVAE` naming what is supported."""
-    m = _find_vae(vae)
+    m = find_module(vae)
     enc = getattr(m, "encoder", None)
     if enc is None:
         raise UnsupportedVAE(f"{type(m).__name__} has no encoder. Supported: {SUPPORTED_VAES}")
@@ -298,17 +299,18 @@ def build_encoder(vae) -> EncoderGraph:
     for op in _walk(down):
         if isinstance(op, TimeDown):
             time_factor *= 2
-    return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", module=m, in_channels=in_channels,
+    return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", in_channels=in_channels,
                         latent_channels=latent_channels, down=down, tail=tail, time_factor=time_factor,
                         space_factor=size[0] // out[0])
 
 
+# Weak keys, and values that refer to their module only weakly (ops.ModuleRef): an entry dies with its VAE.
 _graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def cached_graph(build, vae):
     """``build(vae)`` once per module: node graphs are reused across calls (weights are read at run time)."""
-    module = _find_vae(vae)
+    module = find_module(vae)
     per_module = _graphs.setdefault(module, {})
     if build not in per_module:
         per_module[build] = build(module)

@@ -15,7 +15,7 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import DecoderGraph, build_decoder, cached_graph
+from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .ops import ExecContext
 from .planner import Plan, plan_decode
 from .progress import make_progress
@@ -67,7 +67,7 @@ def decode(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     graph = decoder_graph(vae)
-    ctx = context_for(graph.module, device, dtype, channels_last, fused_norm)
+    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm)
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
     if budget_bytes is None:

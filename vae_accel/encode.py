@@ -13,7 +13,7 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import EncoderGraph, build_encoder, cached_graph
+from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
 from .planner import ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET, plan_encode
 from .progress import make_progress
 from .rect import Rect
@@ -60,7 +60,7 @@ def encode(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     graph = encoder_graph(vae)
-    ctx = context_for(graph.module, device, dtype, channels_last, fused_norm)
+    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm)
     video = check_video(video, graph.in_channels, graph.space_factor, layout)
     if layout == "comfy":
         B, T, H, W, _ = video.shape

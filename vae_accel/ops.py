@@ -9,6 +9,7 @@ the rectangle it covers, so a tile can be split later and its children crop the 
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,6 +19,23 @@ import torch.nn.functional as F
 from .rect import Rect, crop
 
 Size = tuple[int, int]
+
+
+class ModuleRef:
+    """A weak reference to one module of the VAE. Graphs are cached per VAE and must never keep
+    it alive (a strong reference from the cache would leak every VAE the engine touches); the
+    weights are read through it at run time, so they are always the module's current ones."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, module: torch.nn.Module):
+        self._ref = weakref.ref(module)
+
+    def __call__(self) -> torch.nn.Module:
+        module = self._ref()
+        if module is None:
+            raise ReferenceError("the VAE this op graph was built from no longer exists")
+        return module
 
 
 class TileState:
@@ -114,7 +132,8 @@ class Conv(Op):
 
     def __init__(self, module: torch.nn.Module):
         w = module.weight
-        self.module = module
+        self.module_ref = ModuleRef(module)
+        self.cin, self.cout = w.shape[1], w.shape[0]
         self.kt = w.shape[2] if w.dim() == 5 else 1
         self.k = w.shape[-1]
         if w.shape[-1] != w.shape[-2] or self.k % 2 == 0:
@@ -123,6 +142,10 @@ class Conv(Op):
         if any(s != 1 for s in stride):
             raise ValueError("strided conv needs StridedConv")
         self.r = self.k // 2
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.module_ref()
 
     def halo(self) -> float:
         return float(self.r)
@@ -151,7 +174,7 @@ class Conv(Op):
             st.put(self.key, (x[:, :, -lead:].clone(), inr))
         py = max(r - (out.y0 - inr.y0), r - (inr.y1 - out.y1))
         px = max(r - (out.x0 - inr.x0), r - (inr.x1 - out.x1))
-        w, b = ctx.weight(self.key, self.module, as_3d=True)
+        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
         y = F.conv3d(x, w, b, padding=(0, py, px))
         # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
         got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
@@ -159,21 +182,24 @@ class Conv(Op):
 
 
 class NormAct(Op):
-    """RMS norm over channels (Wan's ``F.normalize * sqrt(C) * gamma + bias``), then SiLU."""
+    """RMS norm over channels (Wan's ``F.normalize * sqrt(C) * gamma + bias``), then SiLU.
 
-    def __init__(self, gamma: torch.Tensor, bias, act: bool = True):
-        self.gamma, self.bias, self.act = gamma, bias, act
-        self.scale_ = gamma.shape[0] ** 0.5
+    ``norm`` is the module holding ``gamma`` (and ``bias``, a tensor or a plain number when it has none)."""
+
+    def __init__(self, norm: torch.nn.Module, act: bool = True):
+        self.norm_ref, self.act = ModuleRef(norm), act
+        self.scale_ = norm.gamma.shape[0] ** 0.5
 
     def need(self, out, size):
         return out
 
     def run(self, x, have, out, size, st, ctx):
         x = crop(x, have, out)
-        g = ctx.param((self.key, "g"), self.gamma.reshape(1, -1, 1, 1, 1) * self.scale_)
+        norm = self.norm_ref()
+        g = ctx.param((self.key, "g"), norm.gamma.reshape(1, -1, 1, 1, 1) * self.scale_)
         bias = None
-        if isinstance(self.bias, torch.Tensor):
-            bias = ctx.param((self.key, "b"), self.bias.reshape(1, -1, 1, 1, 1))
+        if isinstance(getattr(norm, "bias", None), torch.Tensor):
+            bias = ctx.param((self.key, "b"), norm.bias.reshape(1, -1, 1, 1, 1))
         if ctx.norm_act is not None and bias is None and self.act:
             return ctx.norm_act(x, g)
         y = F.normalize(x.float(), dim=1).to(x.dtype) * g if x.dtype != torch.float32 else F.normalize(x, dim=1) * g
@@ -395,7 +421,7 @@ class FrameAttention(Op):
     """Wan's single-head attention over all pixels of each frame: global, so full frame only."""
 
     def __init__(self, norm: NormAct, to_qkv: torch.nn.Module, proj: torch.nn.Module):
-        self.norm, self.to_qkv, self.proj = norm, to_qkv, proj
+        self.norm, self.to_qkv, self.proj = norm, ModuleRef(to_qkv), ModuleRef(proj)
 
     def need(self, out, size):
         return Rect.full(size)
@@ -405,14 +431,14 @@ class FrameAttention(Op):
             raise AssertionError("frame attention runs on whole frames only")
         b, c, t, h, w = x.shape
         y = self.norm.run(x, have, out, size, st, ctx)
-        wq, bq = ctx.weight((self.key, "qkv"), self.to_qkv, as_3d=True)
+        wq, bq = ctx.weight((self.key, "qkv"), self.to_qkv(), as_3d=True)
         qkv = F.conv3d(y, wq, bq)
         del y
         qkv = qkv.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.chunk(3, dim=-1)
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
-        wp, bp = ctx.weight((self.key, "proj"), self.proj, as_3d=True)
+        wp, bp = ctx.weight((self.key, "proj"), self.proj(), as_3d=True)
         return F.conv3d(a.contiguous(), wp, bp).add_(x)
 
 
@@ -448,7 +474,8 @@ class StridedDown(Op):
     """Wan's spatial downsample: zero pad one row/column at the bottom/right, 3x3 conv, stride 2."""
 
     def __init__(self, conv2d: torch.nn.Module):
-        self.module = conv2d
+        self.module_ref = ModuleRef(conv2d)
+        self.cin = conv2d.weight.shape[1]
         if tuple(conv2d.stride) != (2, 2) or conv2d.weight.shape[-1] != 3:
             raise ValueError("expected a 3x3 stride-2 Conv2d")
 
@@ -470,7 +497,7 @@ class StridedDown(Op):
         pb, pr = 2 * out.y1 + 1 - inr.y1, 2 * out.x1 + 1 - inr.x1
         if pb or pr:
             x = F.pad(x, (0, pr, 0, pb))
-        w, b = ctx.weight(self.key, self.module, as_3d=True)
+        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
         return F.conv3d(x, w, b, stride=(1, 2, 2))
 
 
@@ -479,7 +506,8 @@ class TimeDown(Op):
     convolved (3 frames, stride 2) together with the last frame seen before."""
 
     def __init__(self, conv: torch.nn.Module):
-        self.module = conv
+        self.module_ref = ModuleRef(conv)
+        self.cin = conv.weight.shape[1]
 
     def need(self, out, size):
         return out
@@ -491,7 +519,7 @@ class TimeDown(Op):
         if saved is None:
             return x
         x = torch.cat([crop(saved[0], saved[1], out), x], dim=2)
-        w, b = ctx.weight(self.key, self.module, as_3d=True)
+        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
         return F.conv3d(x, w, b, stride=(2, 1, 1))
 
 

@@ -64,12 +64,12 @@ def _walk_costs(path: Seq, size: tuple[int, int], frames: float) -> tuple[float,
         nonlocal total_cache, peak_act
         h, w = state["size"]
         if isinstance(op, Conv):
-            cin, cout = op.module.weight.shape[1], op.module.weight.shape[0]
+            cin, cout = op.cin, op.cout
             total_cache += (op.kt - 1) * cin * h * w
             peak_act = max(peak_act, max(cin, cout) * state["frames"] * h * w)
             return
         if isinstance(op, (StridedDown, TimeDown)):
-            cin = op.module.weight.shape[1]
+            cin = op.cin
             peak_act = max(peak_act, cin * state["frames"] * h * w)
             if isinstance(op, TimeDown):
                 total_cache += cin * h * w
