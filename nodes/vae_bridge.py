@@ -9,11 +9,9 @@ import comfy.utils
 from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
+from ..vae_accel import options
 from ..vae_accel.planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET
 from ..vae_accel.runtime import default_budget
-
-GIB = 2**30
-
 
 @dataclass(frozen=True)
 class Overrides:
@@ -47,12 +45,17 @@ def _progress():
 
 
 def _plan_args(vae, overrides: Overrides, space_factor: int, floor: int, cap: int) -> dict:
+    # the nodes' own check runs before the prompt; this one also sees linked values and the VAE's factor
+    problem = options.plan_input_problem(overrides.max_vram_gb, overrides.tile_size, overrides.slice_frames,
+                                         space_factor=space_factor)
+    if problem:
+        raise ValueError(problem)
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
     device = vae.device
-    budget = int(overrides.max_vram_gb * GIB) if overrides.max_vram_gb else (
+    budget = options.budget_bytes(overrides.max_vram_gb) or (
         default_budget(device, mm.get_free_memory(device), floor, cap) if device.type == "cuda" else None)
-    tile = max(1, overrides.tile_size // space_factor) if overrides.tile_size else None
-    return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget, tile=tile,
+    return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget,
+                tile=options.tile_latent(overrides.tile_size, space_factor),
                 slice_len=overrides.slice_frames or None, progress=_progress())
 
 

@@ -65,10 +65,10 @@ def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch
 def test_decode_node_output_matches_core_node(mappings, vae21):
     import nodes as comfy_nodes
 
-    z = {"samples": _z((2, 16, 2, 5, 6), seed=2)}
+    z = {"samples": _z((2, 16, 2, 5, 9), seed=2)}  # 9 latent columns: two tiles of the smallest size, 64 px
     core = comfy_nodes.VAEDecode().decode(vae21, z)[0]
-    ours = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae21, tile_size=24, slice_frames=1).result[0]
-    assert ours.shape == core.shape == (10, 40, 48, 3)
+    ours = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae21, tile_size=64, slice_frames=1).result[0]
+    assert ours.shape == core.shape == (10, 40, 72, 3)
     assert (ours - core).abs().max().item() <= TOL
 
 
@@ -107,7 +107,7 @@ def test_decode_node_rejects_image_latent(mappings, vae21):
 
 
 def _patched(mappings, vae):
-    return mappings["WanAccelVAEPatch"].execute(vae=vae, tile_size=16, slice_frames=1).result[0]
+    return mappings["WanAccelVAEPatch"].execute(vae=vae, tile_size=64, slice_frames=1).result[0]
 
 
 def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, vae21):
@@ -129,10 +129,10 @@ def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, va
 def test_encode_node_and_core_vae_encode_agree(mappings, vae21):
     import nodes as comfy_nodes
 
-    frames = torch.rand(5, 48, 40, 3, generator=torch.Generator().manual_seed(5))
+    frames = torch.rand(5, 48, 72, 3, generator=torch.Generator().manual_seed(5))  # 9 latent columns: two tiles
     core = comfy_nodes.VAEEncode().encode(vae21, frames)[0]["samples"]
-    ours = mappings["WanAccelVAEEncode"].execute(pixels=frames, vae=vae21, tile_size=24).result[0]["samples"]
-    assert ours.shape == core.shape == (1, 16, 2, 6, 5)
+    ours = mappings["WanAccelVAEEncode"].execute(pixels=frames, vae=vae21, tile_size=64).result[0]["samples"]
+    assert ours.shape == core.shape == (1, 16, 2, 6, 9)
     assert (ours - core).abs().max().item() <= 1e-4 * max(1.0, core.abs().max().item())
 
 
