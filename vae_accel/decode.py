@@ -70,9 +70,7 @@ def decode(
     ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm)
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
-    if budget_bytes is None:
-        budget_bytes = default_budget(ctx.device)
-    plan = plan_decode(graph.up, (H, W), T, element_size(ctx.dtype), budget_bytes, tile, slice_len)
+    plan = _plan(graph, latent.shape, ctx, budget_bytes, tile, slice_len)
     log.debug("wan_accel decode plan: %s", plan)
 
     oh, ow = graph.up.out_size((H, W))
@@ -91,6 +89,19 @@ def decode(
             out = sink.finish()
     bar.close()
     return out
+
+
+def _plan(graph: DecoderGraph, shape, ctx: ExecContext, budget_bytes, tile, slice_len) -> Plan:
+    if budget_bytes is None:
+        budget_bytes = default_budget(ctx.device)
+    return plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, tile, slice_len)
+
+
+def decode_plan(vae, latent_shape, *, budget_bytes: int | None = None, tile: int | None = None,
+                slice_len: int | None = None, device=None, dtype=None) -> Plan:
+    """The plan :func:`decode` makes for a latent of ``latent_shape`` with the same arguments."""
+    ctx = context_for(find_module(vae), device, dtype, None, False)
+    return _plan(decoder_graph(vae), latent_shape, ctx, budget_bytes, tile, slice_len)
 
 
 def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):

@@ -24,47 +24,47 @@ def min_tile_pixels(space_factor: int = SMALLEST_SPACE_FACTOR) -> int:
     return MIN_TILE * space_factor
 
 
-def vram_problem(max_vram_gb) -> str | None:
-    """Why ``max_vram_gb`` (GiB, 0: planner) is not usable, or None."""
+def vram_problem(max_vram_gb, name: str = "max_vram_gb") -> str | None:
+    """Why ``max_vram_gb`` (GiB, 0: planner) is not usable, or None; ``name`` is what the user typed."""
     if max_vram_gb is None:
         return None
     if isinstance(max_vram_gb, bool) or not isinstance(max_vram_gb, (int, float)):
-        return f"max_vram_gb must be a number of GiB, got {max_vram_gb!r}"
+        return f"{name} must be a number of GiB, got {max_vram_gb!r}"
     if math.isnan(max_vram_gb):
-        return "max_vram_gb is NaN: set a number of GiB (0 lets the planner choose)"
+        return f"{name} is NaN: set a number of GiB (0 lets the planner choose)"
     if not 0 <= max_vram_gb <= MAX_VRAM_GB:
-        return (f"max_vram_gb {max_vram_gb:g} is out of range: set 0 (the planner chooses) or a budget in GiB "
+        return (f"{name} {max_vram_gb:g} is out of range: set 0 (the planner chooses) or a budget in GiB "
                 f"above 0 and at most {MAX_VRAM_GB:g}")
     return None
 
 
-def tile_problem(tile_size, space_factor: int | None = None) -> str | None:
+def tile_problem(tile_size, space_factor: int | None = None, name: str = "tile_size") -> str | None:
     """Why ``tile_size`` (image pixels, 0: planner) is not usable, or None. With ``space_factor``
     (8 for Wan 2.1, 16 for Wan 2.2) the minimum is that VAE's; without it, the least of any."""
     if tile_size is None or tile_size == 0:
         return None
     if isinstance(tile_size, bool) or not isinstance(tile_size, int):
-        return f"tile_size must be a whole number of pixels, got {tile_size!r}"
+        return f"{name} must be a whole number of pixels, got {tile_size!r}"
     smallest = min_tile_pixels(space_factor or SMALLEST_SPACE_FACTOR)
     if tile_size < 0 or tile_size > MAX_TILE_PIXELS:
-        return (f"tile_size {tile_size} is out of range: set 0 (the planner chooses) or a tile side in pixels "
+        return (f"{name} {tile_size} is out of range: set 0 (the planner chooses) or a tile side in pixels "
                 f"from {smallest} to {MAX_TILE_PIXELS}")
     if tile_size < smallest:
         which = f"this VAE ({space_factor}x)" if space_factor else "any supported VAE"
-        return (f"tile_size {tile_size} px is below the smallest tile the planner uses for {which}, {smallest} px "
+        return (f"{name} {tile_size} px is below the smallest tile the planner uses for {which}, {smallest} px "
                 f"({MIN_TILE} latent pixels); smaller tiles mostly recompute their halo. Set 0 (the planner "
                 f"chooses) or at least {smallest}")
     return None
 
 
-def slice_problem(slice_frames) -> str | None:
+def slice_problem(slice_frames, name: str = "slice_frames") -> str | None:
     """Why ``slice_frames`` (latent frames per step, 0: planner) is not usable, or None."""
     if slice_frames is None or slice_frames == 0:
         return None
     if isinstance(slice_frames, bool) or not isinstance(slice_frames, int):
-        return f"slice_frames must be a whole number of latent frames, got {slice_frames!r}"
+        return f"{name} must be a whole number of latent frames, got {slice_frames!r}"
     if not 0 < slice_frames <= MAX_SLICE_FRAMES:
-        return (f"slice_frames {slice_frames} is out of range: set 0 (the planner chooses) or 1 to "
+        return (f"{name} {slice_frames} is out of range: set 0 (the planner chooses) or 1 to "
                 f"{MAX_SLICE_FRAMES} latent frames")
     return None
 

@@ -45,6 +45,15 @@ class Plan:
     def tiles(self, size: tuple[int, int]) -> list[Rect]:
         return grid(size, self.tile_h, self.tile_w)
 
+    def describe(self, latent_size: tuple[int, int], frames: int, space_factor: int) -> str:
+        """One line for people: tiles and slices in image pixels and latent frames, and the budget."""
+        n = len(self.tiles(latent_size))
+        slices = 1 + -(-(frames - 1) // self.slice_len) if frames > 1 else 1
+        budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes / 2**30:.2f} GiB"
+        return (f"{n} tile{'s' * (n != 1)} of at most {self.tile_h * space_factor}x{self.tile_w * space_factor} px, "
+                f"{slices} slice{'s' * (slices != 1)} of the {frames} latent frames (1, then up to {self.slice_len} "
+                f"each), estimated {self.est_bytes / 2**30:.2f} GiB; {budget} ({self.reason})")
+
 
 def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
     """Near-equal tiles no larger than th x tw covering an image of ``size``, row-major."""
@@ -135,6 +144,12 @@ def plan_tiles(
     Candidates are full-width row bands first (their rows land contiguous in the output), then
     square tiles; among those that fit, the one with the least halo overhead and fewest steps.
     """
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be at least 1 latent pixel, got {tile}")
+    if slice_len is not None and slice_len < 1:
+        raise ValueError(f"slice_len must be at least 1 latent frame, got {slice_len}")
+    if budget_bytes is not None and not budget_bytes > 0:
+        raise ValueError(f"budget_bytes must be positive (or None for no budget), got {budget_bytes}")
     H, W = latent_size
     max_slice = max(1, min(MAX_SLICE, frames - 1)) if frames > 1 else 1
     slices = [slice_len] if slice_len else list(range(max_slice, 0, -1))
