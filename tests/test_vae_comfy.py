@@ -41,14 +41,18 @@ def test_engine_equals_comfy_vae_decode(vae21, tile, slice_len):
     assert (ours - core).abs().max().item() <= TOL
 
 
-def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch):
+def _bridge(mappings):
+    """The bridge module as ComfyUI imported it (under the custom_nodes path, not as wan_accel)."""
     import sys
 
+    package = mappings["WanAccelVAEPatch"].__module__.rsplit(".", 1)[0]
+    return sys.modules[package + ".vae_bridge"]
+
+
+def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch):
     import nodes as comfy_nodes
 
-    # the bridge module as ComfyUI imported it (under the custom_nodes path, not as wan_accel)
-    package = mappings["WanAccelVAEPatch"].__module__.rsplit(".", 1)[0]
-    bridge = sys.modules[package + ".vae_bridge"]
+    bridge = _bridge(mappings)
     z = {"samples": _z((1, 16, 3, 6, 5), seed=1)}
     plain = comfy_nodes.VAEDecode().decode(vae21, z)[0]
     patched = mappings["WanAccelVAEPatch"].execute(vae=vae21).result[0]
@@ -110,7 +114,7 @@ def _patched(mappings, vae):
     return mappings["WanAccelVAEPatch"].execute(vae=vae, tile_size=64, slice_frames=1).result[0]
 
 
-def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, vae21):
+def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, vae21, monkeypatch):
     from comfy_extras.nodes_wan import WanImageToVideo
 
     start = torch.rand(1, 40, 32, 3, generator=torch.Generator().manual_seed(4))
@@ -121,7 +125,14 @@ def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, va
                                       batch_size=1, start_image=start)
         return out.result[0][0][1]["concat_latent_image"]
 
-    plain, ours = run(vae21), run(_patched(mappings, vae21))
+    bridge = _bridge(mappings)
+    calls = []
+    real = bridge.engine_encode
+    monkeypatch.setattr(bridge, "engine_encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = run(vae21)
+    assert not calls
+    ours = run(_patched(mappings, vae21))
+    assert calls, "WanImageToVideo's encode did not go through the engine"
     assert ours.shape == plain.shape == (1, 16, 3, 5, 4)
     assert (ours - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
 

@@ -90,3 +90,10 @@ def test_default_budget_is_a_share_of_free_memory_between_floor_and_cap(free_gib
 
 def test_default_budget_is_unlimited_on_the_cpu():
     assert default_budget(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("kw", [dict(tile=0), dict(tile=-5), dict(slice_len=-1), dict(budget_bytes=-3 * 2**30)])
+def test_planner_refuses_nonsense_instead_of_planning_it(kw):
+    args = dict(budget_bytes=2**30) | kw
+    with pytest.raises(ValueError, match="must be"):
+        plan_decode(UP, (20, 20), 5, 2, args.pop("budget_bytes"), **args)
