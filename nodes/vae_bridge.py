@@ -27,15 +27,15 @@ def unsupported_reason(vae) -> str | None:
     try:
         build_decoder(model)
     except UnsupportedVAE as exc:
-        return str(exc)
+        return exc.reason
     return None
 
 
 def _require_supported(vae):
     reason = unsupported_reason(vae)
     if reason:
-        raise UnsupportedVAE(f"Wan Accel VAE nodes support {SUPPORTED_VAES}; this VAE is not one: {reason}. "
-                             "Use core VAE Decode for it.")
+        raise UnsupportedVAE(reason, f"Wan Accel VAE nodes support {SUPPORTED_VAES}; this VAE is not one: "
+                                     f"{reason}. Use core VAE Decode or VAE Encode for it.")
     return build_decoder(vae.first_stage_model)
 
 

@@ -101,8 +101,13 @@ def test_unsupported_vae_patch_passes_through_and_decode_names_supported(mapping
         out = mappings["WanAccelVAEPatch"].execute(vae=vae).result[0]
     assert out is vae
     assert any("leaves this VAE unchanged" in r.getMessage() for r in caplog.records)
-    with pytest.raises(TypeError, match="Wan 2.1 VAE"):
-        mappings["WanAccelVAEDecode"].execute(samples={"samples": torch.zeros(1, 4, 1, 4, 4)}, vae=vae)
+    for node, inputs in (("WanAccelVAEDecode", {"samples": {"samples": torch.zeros(1, 4, 1, 4, 4)}}),
+                         ("WanAccelVAEEncode", {"pixels": torch.zeros(1, 8, 8, 3)})):
+        with pytest.raises(TypeError, match="Wan 2.1 VAE") as err:
+            mappings[node].execute(vae=vae, **inputs)
+        message = str(err.value)
+        assert message.count("wan_2.1_vae.safetensors") == 1, message  # the supported list, once
+        assert "this VAE is not one: Conv2d" in message and "\n" not in message
 
 
 def test_decode_node_rejects_image_latent(mappings, vae21):

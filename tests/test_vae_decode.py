@@ -223,8 +223,9 @@ def test_unsupported_vae_names_the_supported_ones():
     from diffusers import AutoencoderKL
 
     sd_vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
-    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE"):
+    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE") as err:
         decode(sd_vae, torch.zeros(1, 4, 1, 4, 4), progress=False)
+    assert str(err.value).count("wan_2.1_vae.safetensors") == 1
     with pytest.raises(UnsupportedVAE, match="expected a VAE module"):
         build_decoder("not a model")
 

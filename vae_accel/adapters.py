@@ -39,7 +39,12 @@ SUPPORTED_VAES = (
 
 
 class UnsupportedVAE(TypeError):
-    """The module is not a Wan VAE this engine can drive."""
+    """The module is not a Wan VAE this engine can drive. ``reason`` says why in a few words; the
+    message adds, once, which VAEs are supported (or is ``message``, for callers that word it)."""
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        super().__init__(message or f"{reason}. Supported: {SUPPORTED_VAES}")
 
 
 @dataclass
@@ -139,7 +144,7 @@ def find_module(obj) -> torch.nn.Module:
             return inner
     if isinstance(obj, torch.nn.Module):
         return obj
-    raise UnsupportedVAE(f"expected a VAE module, got {type(obj).__name__}. Supported: {SUPPORTED_VAES}")
+    raise UnsupportedVAE(f"expected a VAE module, got {type(obj).__name__}")
 
 
 def build_decoder(vae) -> DecoderGraph:
@@ -147,7 +152,7 @@ def build_decoder(vae) -> DecoderGraph:
     m = find_module(vae)
     dec = getattr(m, "decoder", None)
     if dec is None:
-        raise UnsupportedVAE(f"{type(m).__name__} has no decoder. Supported: {SUPPORTED_VAES}")
+        raise UnsupportedVAE(f"{type(m).__name__} has no decoder")
     try:
         if hasattr(dec, "middle") and hasattr(m, "conv2"):  # ComfyUI comfy.ldm.wan.vae / vae2_2
             source = "comfyui"
@@ -165,15 +170,15 @@ def build_decoder(vae) -> DecoderGraph:
             blocks = list(dec.up_blocks)
             head_norm, head_conv = dec.norm_out, dec.conv_out
         else:
-            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE")
         if not (hasattr(post_quant, "_padding") and hasattr(conv_in, "_padding")):
-            raise UnsupportedVAE(f"{type(m).__name__} has no causal 3D convolutions. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} has no causal 3D convolutions")
         stem = Seq([Conv(post_quant), Conv(conv_in), _res(mid[0]), _attention(mid[1]), _res(mid[2])])
         up_ops = [_up_block(b) for b in blocks] + [_norm(head_norm), Conv(head_conv)]
     except (AttributeError, ValueError, TypeError, IndexError) as exc:
         if isinstance(exc, UnsupportedVAE):
             raise
-        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc}). Supported: {SUPPORTED_VAES}") from exc
+        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc})") from exc
 
     latent_channels = post_quant.weight.shape[1]
     out_channels = head_conv.weight.shape[0]
@@ -263,7 +268,7 @@ def build_encoder(vae) -> EncoderGraph:
     m = find_module(vae)
     enc = getattr(m, "encoder", None)
     if enc is None:
-        raise UnsupportedVAE(f"{type(m).__name__} has no encoder. Supported: {SUPPORTED_VAES}")
+        raise UnsupportedVAE(f"{type(m).__name__} has no encoder")
     try:
         if hasattr(enc, "middle") and hasattr(m, "conv1") and hasattr(m, "conv2"):
             source, quant, conv_in = "comfyui", m.conv1, enc.conv1
@@ -277,7 +282,7 @@ def build_encoder(vae) -> EncoderGraph:
             blocks = list(enc.down_blocks)
             head_norm, head_conv = enc.norm_out, enc.conv_out
         else:
-            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE")
         down_ops: list[Op] = [Conv(conv_in)] + [_down_block(b) for b in blocks]
         latent_channels = quant.weight.shape[0] // 2
         tail = Seq([_res(mid[0]), _attention(mid[1]), _res(mid[2]), _norm(head_norm), Conv(head_conv), Conv(quant),
@@ -285,7 +290,7 @@ def build_encoder(vae) -> EncoderGraph:
     except (AttributeError, ValueError, TypeError, IndexError) as exc:
         if isinstance(exc, UnsupportedVAE):
             raise
-        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc}). Supported: {SUPPORTED_VAES}") from exc
+        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc})") from exc
     in_channels = conv_in.weight.shape[1]
     patch = 1
     if in_channels == 12:  # Wan 2.2 folds 2x2 pixels into channels first
