@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import comfy.model_management as mm
 import comfy.utils
 
-from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE, build_decoder, build_encoder
+from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE
+from ..vae_accel.decode import decoder_graph
+from ..vae_accel.encode import encoder_graph
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
 from ..vae_accel import options
@@ -20,23 +22,44 @@ class Overrides:
     slice_frames: int = 0  # latent frames
 
 
-def unsupported_reason(vae) -> str | None:
+def unsupported_reason(vae, uses=("decode", "encode")) -> str | None:
+    """Why the engine must leave ``vae`` to core for ``uses`` (None: a Wan video VAE it runs exactly).
+
+    Judged on ComfyUI's own description of the VAE first: a VAE whose latents have no frames (an image
+    VAE, even one built from Wan's modules, as newer ComfyUI builds the Qwen Image 2.1 VAE from vae2_2)
+    or whose compression differs from the module tree's is not ours, whatever its layers look like."""
     model = getattr(vae, "first_stage_model", None)
     if model is None:
         return f"not a ComfyUI VAE ({type(vae).__name__})"
+    if getattr(vae, "latent_dim", 3) != 3 or getattr(vae, "not_video", False):
+        return f"{type(model).__name__} is an image VAE here (latents without frames)"
     try:
-        build_decoder(model)
+        graphs = [decoder_graph(model) if use == "decode" else encoder_graph(model) for use in uses]
     except UnsupportedVAE as exc:
         return exc.reason
+    facts = {"latent channels": getattr(vae, "latent_channels", None),
+             "spatial compression": _call(vae, "spacial_compression_decode"),
+             "temporal compression": _call(vae, "temporal_compression_decode")}
+    for graph in graphs:
+        ours = {"latent channels": graph.latent_channels, "spatial compression": graph.space_factor,
+                "temporal compression": graph.time_factor}
+        for name, value in facts.items():
+            if value is not None and value != ours[name]:
+                return f"its {name} is {value}, but its module tree is a Wan video VAE with {ours[name]}"
     return None
 
 
-def _require_supported(vae):
-    reason = unsupported_reason(vae)
+def _call(vae, method: str):
+    fn = getattr(vae, method, None)
+    return fn() if callable(fn) else None
+
+
+def _require_supported(vae, use: str):
+    reason = unsupported_reason(vae, (use,))
     if reason:
         raise UnsupportedVAE(reason, f"Wan Accel VAE nodes support {SUPPORTED_VAES}; this VAE is not one: "
                                      f"{reason}. Use core VAE Decode or VAE Encode for it.")
-    return build_decoder(vae.first_stage_model)
+    return decoder_graph(vae) if use == "decode" else encoder_graph(vae)
 
 
 def _progress():
@@ -64,8 +87,7 @@ def encode(vae, pixels, overrides: Overrides):
     latent (B, C, T', h, w) on the intermediate device. Frames are cropped to the VAE's grid first,
     exactly as core does."""
     vae.throw_exception_if_invalid()
-    _require_supported(vae)
-    graph = build_encoder(vae.first_stage_model)
+    graph = _require_supported(vae, "encode")
     pixels = vae.vae_encode_crop_pixels(pixels)
     if pixels.dim() == 4:
         pixels = pixels.unsqueeze(0)
@@ -77,7 +99,7 @@ def encode(vae, pixels, overrides: Overrides):
 def decode(vae, latent, overrides: Overrides):
     """Same contract as ``comfy.sd.VAE.decode``: (B, T, H, W, C) float in [0, 1] on the intermediate device."""
     vae.throw_exception_if_invalid()
-    graph = _require_supported(vae)
+    graph = _require_supported(vae, "decode")
     out = engine_decode(vae.first_stage_model, latent, layout="comfy",
                         **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET, DECODE_BUDGET_CAP))
     return out.to(vae.output_device)
