@@ -1,12 +1,17 @@
 """Runs the engine on a ComfyUI ``comfy.sd.VAE``: its device, dtype, memory manager and progress bar."""
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+import logging
 from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 
-from ..vae_accel import SUPPORTED_VAES, UnsupportedVAE
+from ..vae_accel import SUPPORTED_VAES, BadLatent, BadVideo, UnsupportedVAE
 from ..vae_accel.decode import decoder_graph
 from ..vae_accel.encode import encoder_graph
 from ..vae_accel import decode as engine_decode
@@ -14,6 +19,8 @@ from ..vae_accel import encode as engine_encode
 from ..vae_accel import options
 from ..vae_accel.planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET
 from ..vae_accel.runtime import default_budget
+
+log = logging.getLogger("wan_accel")
 
 @dataclass(frozen=True)
 class Overrides:
@@ -83,23 +90,123 @@ def _plan_args(vae, overrides: Overrides, space_factor: int, floor: int, cap: in
 
 
 def encode(vae, pixels, overrides: Overrides):
-    """Same contract as ``comfy.sd.VAE.encode``: frames (T, H, W, C) or (B, T, H, W, C) in [0, 1] ->
-    latent (B, C, T', h, w) on the intermediate device. Frames are cropped to the VAE's grid first,
-    exactly as core does."""
+    """What ``comfy.sd.VAE.encode`` returns for Wan video frames, computed by the engine: frames (T, H, W, C)
+    or (B, T, H, W, C) in [0, 1] go through core's own cropping and ``process_input``; the latent comes
+    back on the intermediate device in ComfyUI's intermediate dtype, through ``format_encoded`` if set."""
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae, "encode")
-    pixels = vae.vae_encode_crop_pixels(pixels)
-    if pixels.dim() == 4:
-        pixels = pixels.unsqueeze(0)
-    out = engine_encode(vae.first_stage_model, pixels, layout="comfy",
-                        **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP))
-    return out.to(vae.output_device)
+    video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)
+    if video.dim() < 5:  # frames of one video, as core reads a 4-D batch for a video VAE
+        video = video.movedim(1, 0).unsqueeze(0)
+    video = vae.process_input(video)
+    latent = engine_encode(vae.first_stage_model, video, layout="raw",
+                           **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP))
+    latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
+    format_encoded = getattr(vae, "format_encoded", None)
+    return format_encoded(latent) if format_encoded is not None else latent
 
 
 def decode(vae, latent, overrides: Overrides):
-    """Same contract as ``comfy.sd.VAE.decode``: (B, T, H, W, C) float in [0, 1] on the intermediate device."""
+    """What ``comfy.sd.VAE.decode`` returns for a Wan video latent, computed by the engine: (B, T, H, W, C)
+    on the intermediate device in ComfyUI's intermediate dtype, through the VAE's own ``process_output``."""
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae, "decode")
-    out = engine_decode(vae.first_stage_model, latent, layout="comfy",
+    raw = engine_decode(vae.first_stage_model, latent, layout="raw",
                         **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET, DECODE_BUDGET_CAP))
-    return out.to(vae.output_device)
+    pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
+    return pixels.movedim(1, -1)
+
+
+def _output_dtype(vae) -> torch.dtype:
+    """ComfyUI's intermediate dtype (0.33: float16 with --fp16-intermediates); float32 where it has none."""
+    method = getattr(vae, "vae_output_dtype", None)
+    return method() if callable(method) else torch.float32
+
+
+# --- the patched VAE ------------------------------------------------------------------------------
+# A patched VAE is a shallow copy whose class is a subclass of its own: methods on the class (not
+# closures on the instance) hold no reference to any VAE, and everything else (weights, patcher,
+# process_output, ...) is shared. Classes live as long as the program, so a plain dict caches them.
+_patched_classes: dict[type, type] = {}
+_told: set[tuple] = set()
+
+
+def patch(vae, overrides: Overrides):
+    """``vae`` with decode and encode routed through the engine (a Wan video VAE: see unsupported_reason)."""
+    patched = copy.copy(vae)
+    patched.__class__ = _patched_class(type(vae))
+    patched.wan_accel_overrides = overrides
+    return patched
+
+
+def _patched_class(cls: type) -> type:
+    base = getattr(cls, "wan_accel_base", cls)  # patching a patched VAE again replaces its overrides only
+    if base not in _patched_classes:
+        _patched_classes[base] = type(f"WanAccel{base.__name__}", (base,), {
+            "__doc__": f"{base.__name__} whose decode and encode run the Wan Accel engine.",
+            "__module__": __name__,
+            "wan_accel_base": base,
+            "decode": _patched_method(base, "decode", decode),
+            "encode": _patched_method(base, "encode", encode),
+        })
+    return _patched_classes[base]
+
+
+def _patched_method(base: type, name: str, ours):
+    """Core's method ``name`` of ``base``, with the engine taking the calls it can honour exactly.
+
+    Core's signature is read here, at patch time: a call binds to it as to core's (wrong arguments fail
+    the same way), and a call that sets any argument past the first to other than its default (vae_options,
+    not_video, whatever a newer ComfyUI adds) goes to core's own method, said once in the log."""
+    core = getattr(base, name)
+    signature = inspect.signature(core)
+    first = list(signature.parameters)[1]
+
+    @functools.wraps(core)
+    def method(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:  # core raises it, in its own words
+            return getattr(base, name)(self, *args, **kwargs)
+        extra = _non_default(signature, bound, skip=("self", first))
+        if extra:
+            _tell_once(base, name, f"{', '.join(extra)} set", "")
+            return getattr(base, name)(self, *args, **kwargs)
+        try:
+            return ours(self, bound.arguments[first], self.wan_accel_overrides)
+        except (BadLatent, BadVideo) as exc:  # raised by the engine's checks, before any work
+            _tell_once(base, name, "an input the engine does not take", f" ({exc})")
+            return getattr(base, name)(self, *args, **kwargs)
+
+    return method
+
+
+def _non_default(signature: inspect.Signature, bound: inspect.BoundArguments, skip) -> list[str]:
+    names = []
+    for param_name, value in bound.arguments.items():
+        param = signature.parameters[param_name]
+        if param_name in skip:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            if value:
+                names.append(param_name)
+        elif param.default is param.empty or not _same(value, param.default):
+            names.append(param_name)
+    return names
+
+
+def _same(value, default) -> bool:
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # a tensor or anything without a plain truth value: not the default
+        return False
+
+
+def _tell_once(base: type, name: str, why: str, detail: str) -> None:
+    key = (base, name, why)
+    if key not in _told:
+        _told.add(key)
+        log.info("wan_accel: the patched VAE leaves %s calls with %s to ComfyUI's own %s.%s%s (logged once)",
+                 name, why, base.__name__, name, detail)

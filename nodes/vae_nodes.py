@@ -1,7 +1,6 @@
 """ComfyUI nodes over the VAE engine: a decode node and a patch that reroutes any VAE node."""
 from __future__ import annotations
 
-import copy
 import logging
 
 from comfy_api.latest import io
@@ -111,11 +110,7 @@ class WanAccelVAEPatch(PlanInputsNode):
         if reason:
             log.info("wan_accel: WanAccelVAEPatch leaves this VAE unchanged: %s", reason)
             return io.NodeOutput(vae)
-        overrides = vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames)
-        patched = copy.copy(vae)  # shares weights and patcher; only the methods differ
-        patched.decode = lambda samples_in, vae_options={}: vae_bridge.decode(vae, samples_in, overrides)
-        patched.encode = lambda pixel_samples: vae_bridge.encode(vae, pixel_samples, overrides)
-        patched.wan_accel_overrides = overrides
+        patched = vae_bridge.patch(vae, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
         return io.NodeOutput(patched)
 
 
