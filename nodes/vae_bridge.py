@@ -17,8 +17,7 @@ from ..vae_accel.encode import encoder_graph
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
 from ..vae_accel import options
-from ..vae_accel.planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET
-from ..vae_accel.runtime import default_budget
+from ..vae_accel.budget import plan_budget
 
 log = logging.getLogger("wan_accel")
 
@@ -74,7 +73,7 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _plan_args(vae, overrides: Overrides, space_factor: int, floor: int, cap: int) -> dict:
+def _plan_args(vae, overrides: Overrides, space_factor: int, kind: str) -> dict:
     # the nodes' own check runs before the prompt; this one also sees linked values and the VAE's factor
     problem = options.plan_input_problem(overrides.max_vram_gb, overrides.tile_size, overrides.slice_frames,
                                          space_factor=space_factor)
@@ -83,7 +82,7 @@ def _plan_args(vae, overrides: Overrides, space_factor: int, floor: int, cap: in
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
     device = vae.device
     budget = options.budget_bytes(overrides.max_vram_gb) or (
-        default_budget(device, mm.get_free_memory(device), floor, cap) if device.type == "cuda" else None)
+        plan_budget(kind, mm.get_free_memory(device)) if device.type == "cuda" else None)
     return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget,
                 tile=options.tile_latent(overrides.tile_size, space_factor),
                 slice_len=overrides.slice_frames or None, progress=_progress())
@@ -100,7 +99,7 @@ def encode(vae, pixels, overrides: Overrides):
         video = video.movedim(1, 0).unsqueeze(0)
     video = vae.process_input(video)
     latent = engine_encode(vae.first_stage_model, video, layout="raw",
-                           **_plan_args(vae, overrides, graph.space_factor, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP))
+                           **_plan_args(vae, overrides, graph.space_factor, "encode"))
     latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
     format_encoded = getattr(vae, "format_encoded", None)
     return format_encoded(latent) if format_encoded is not None else latent
@@ -112,7 +111,7 @@ def decode(vae, latent, overrides: Overrides):
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae, "decode")
     raw = engine_decode(vae.first_stage_model, latent, layout="raw",
-                        **_plan_args(vae, overrides, graph.space_factor, DEFAULT_BUDGET, DECODE_BUDGET_CAP))
+                        **_plan_args(vae, overrides, graph.space_factor, "decode"))
     pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
     return pixels.movedim(1, -1)
 

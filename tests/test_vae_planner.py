@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wan_accel.vae_accel import build_decoder, plan_decode
-from wan_accel.vae_accel.planner import ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET, estimate_bytes, grid
+from wan_accel.vae_accel.planner import estimate_bytes, grid
 from wan_accel.vae_accel.runtime import default_budget
 
 from wan_fixtures import wan21
@@ -85,7 +85,7 @@ def test_default_budget_is_a_share_of_free_memory_between_floor_and_cap(free_gib
     cuda = torch.device("cuda")  # only the type is read when free memory is given
     free = int(free_gib * GIB)
     assert default_budget(cuda, free) == int(decode_gib * GIB)
-    assert default_budget(cuda, free, ENCODE_DEFAULT_BUDGET, ENCODE_BUDGET_CAP) == int(encode_gib * GIB)
+    assert default_budget(cuda, free, kind="encode") == int(encode_gib * GIB)
 
 
 def test_default_budget_is_unlimited_on_the_cpu():

@@ -58,8 +58,8 @@ def decode(
 
     ``layout="raw"``: (B, 3, T', H', W') float32 in the model's range (as the module's decode);
     ``layout="comfy"``: (B, T', H', W', 3) float32 in [0, 1] (as ComfyUI's ``VAE.decode``).
-    ``budget_bytes`` caps device memory for the plan (default on CUDA: a quarter of the free memory, between
-    3 and 6 GiB and never more than is free; none on the CPU);
+    ``budget_bytes`` caps device memory for the plan (default on CUDA: budget.plan_budget of the free
+    memory; none on the CPU);
     ``tile`` (latent pixels) and ``slice_len`` (latent frames) override the planner.
     ``progress(done, total)`` is called after every step; ``fault(stage, info)`` runs before every
     step and may raise (tests use it to inject out-of-memory errors).

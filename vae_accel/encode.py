@@ -14,7 +14,7 @@ import torch
 
 from ..telemetry.phases import phase
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
-from .planner import ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET, plan_encode
+from .planner import plan_encode
 from .progress import make_progress
 from .rect import Rect
 from .runtime import context_for, default_budget, element_size
@@ -73,7 +73,7 @@ def encode(
                  in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
     h, w = H // sf, W // sf
     if budget_bytes is None:
-        budget_bytes = default_budget(ctx.device, floor=ENCODE_DEFAULT_BUDGET, cap=ENCODE_BUDGET_CAP)
+        budget_bytes = default_budget(ctx.device, kind="encode")
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, tile, slice_len)
     log.debug("wan_accel encode plan: %s", plan)
 

@@ -21,16 +21,6 @@ ENCODE_CALIBRATION = 1.2
 SAFETY = 0.85  # share of the budget the estimate may use
 MIN_TILE = 8  # latent pixels; below this the halo dominates and we stop splitting
 MAX_SLICE = 2  # latent frames; measured: 2 beats 1 by ~15%, 4 is slower than 2
-# Default budgets when the user sets none (runtime.default_budget): a share of the free VRAM, kept
-# between a floor and a cap. Measured warm on an H100 at 81x1216x832 (bench/vae_budget_sweep.py):
-# decode 8.1 s at 2 GiB, 5.4 s at 3, 4.8 s at 6, no faster past that (native 5.4 s, 10.2 GiB);
-# encode 6.2 s at 2 GiB, 4.4 s at 3, 3.5 s at 6, 3.2 s at 12 = whole frames (native 3.3 s, 8.4 GiB).
-# Smaller tiles recompute more halo, so a roomy card buys speed; a tight one keeps the floor.
-FREE_SHARE = 0.25
-DEFAULT_BUDGET = 3 * 2**30  # decode floor
-DECODE_BUDGET_CAP = 6 * 2**30
-ENCODE_DEFAULT_BUDGET = 2 * 2**30  # encode floor: peak 2.0 GiB at 81 frames
-ENCODE_BUDGET_CAP = 12 * 2**30
 
 
 @dataclass(frozen=True)

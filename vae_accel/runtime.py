@@ -8,8 +8,8 @@ import logging
 
 import torch
 
+from .budget import plan_budget
 from .ops import ExecContext, rms_norm_silu
-from .planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, FREE_SHARE
 
 log = logging.getLogger("wan_accel")
 _compiled_norm = None
@@ -24,18 +24,10 @@ def free_memory(device: torch.device) -> int | None:
     return int(free + cached_idle)
 
 
-def default_budget(device: torch.device, free: int | None = None, floor: int = DEFAULT_BUDGET,
-                   cap: int = DECODE_BUDGET_CAP, share: float = FREE_SHARE) -> int | None:
-    """The planner's budget when the user sets none: ``share`` of the free memory, at least ``floor``
-    and at most ``cap``, and never more than is free. None on the CPU (no limit).
-
-    Models ComfyUI keeps loaded are already outside "free", and the share leaves the rest of it to
-    them and the sampler; the cap is where more memory stops buying speed (planner.py).
-    """
-    free = free_memory(device) if free is None else free
-    if free is None:
-        return None
-    return int(min(free, max(floor, min(cap, free * share))))
+def default_budget(device: torch.device, free: int | None = None, kind: str = "decode") -> int | None:
+    """The engine's budget for a ``kind`` call when the caller sets none: budget.plan_budget of the
+    memory PyTorch reports free (``free`` overrides it). None on the CPU (no limit)."""
+    return plan_budget(kind, free_memory(device) if free is None else free)
 
 
 def is_oom(exc: BaseException) -> bool:
