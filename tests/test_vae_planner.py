@@ -18,6 +18,7 @@ from wan_fixtures import wan21
 UP = build_decoder(wan21()).up
 
 
+@settings(deadline=None)
 @given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 64), st.integers(1, 64))
 def test_grid_partitions_the_image(H, W, th, tw):
     tiles = grid((H, W), th, tw)
@@ -54,6 +55,7 @@ def test_more_budget_never_means_more_steps(H, W, T):
     assert steps(big) <= steps(small)
 
 
+@settings(deadline=None)
 @given(st.integers(1, 64), st.integers(1, 8))
 def test_estimate_grows_with_tile_and_slice(tile, k):
     assert estimate_bytes(UP, tile + 1, tile, k, 2) > estimate_bytes(UP, tile, tile, k, 2)
