@@ -73,19 +73,40 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _plan_args(vae, overrides: Overrides, space_factor: int, kind: str) -> dict:
+def _plan_args(vae, overrides: Overrides, space_factor: int, kind: str, shape) -> dict:
+    """The engine's arguments for a ``kind`` call on an input of ``shape`` (core's layout).
+
+    The VAE is loaded as ComfyUI loads a model for a call that needs no memory of its own: core asks
+    for its whole estimate (memory_used_decode), which unloads the diffusion model the next run needs;
+    our plans never use more than is free (a user's budget is a cap, not a reservation, and an OOM only
+    shrinks the plan), so nothing is evicted for them."""
     # the nodes' own check runs before the prompt; this one also sees linked values and the VAE's factor
     problem = options.plan_input_problem(overrides.max_vram_gb, overrides.tile_size, overrides.slice_frames,
                                          space_factor=space_factor)
     if problem:
         raise ValueError(problem)
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
-    device = vae.device
-    budget = options.budget_bytes(overrides.max_vram_gb) or (
-        plan_budget(kind, mm.get_free_memory(device)) if device.type == "cuda" else None)
-    return dict(device=device, dtype=vae.vae_dtype, budget_bytes=budget,
+    return dict(device=vae.device, dtype=vae.vae_dtype, budget_bytes=budget(vae, kind, shape, overrides.max_vram_gb),
                 tile=options.tile_latent(overrides.tile_size, space_factor),
                 slice_len=overrides.slice_frames or None, progress=_progress())
+
+
+def budget(vae, kind: str, shape, max_vram_gb: float = 0.0) -> int | None:
+    """The engine's budget on ComfyUI's terms: budget.plan_budget, or the user's ``max_vram_gb`` capped
+    at what is free. Free memory is what the VAE's patcher can reclaim (with Dynamic VRAM that includes
+    other models' weights it can stream out again, which ComfyUI's global free memory counts as used);
+    stock is what ComfyUI's own VAE would reserve for this call. Off CUDA: the user's budget or none."""
+    chosen = options.budget_bytes(max_vram_gb)
+    device = vae.device
+    if getattr(device, "type", None) != "cuda":
+        return chosen
+    patcher_free = getattr(vae.patcher, "get_free_memory", None)
+    free = patcher_free(device) if callable(patcher_free) else mm.get_free_memory(device)
+    if chosen:
+        return min(chosen, int(free))
+    estimate = getattr(vae, f"memory_used_{kind}", None)
+    stock = estimate(tuple(shape), vae.vae_dtype) if callable(estimate) else None
+    return plan_budget(kind, free, stock)
 
 
 def encode(vae, pixels, overrides: Overrides):
@@ -99,7 +120,7 @@ def encode(vae, pixels, overrides: Overrides):
         video = video.movedim(1, 0).unsqueeze(0)
     video = vae.process_input(video)
     latent = engine_encode(vae.first_stage_model, video, layout="raw",
-                           **_plan_args(vae, overrides, graph.space_factor, "encode"))
+                           **_plan_args(vae, overrides, graph.space_factor, "encode", video.shape))
     latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
     format_encoded = getattr(vae, "format_encoded", None)
     return format_encoded(latent) if format_encoded is not None else latent
@@ -111,7 +132,7 @@ def decode(vae, latent, overrides: Overrides):
     vae.throw_exception_if_invalid()
     graph = _require_supported(vae, "decode")
     raw = engine_decode(vae.first_stage_model, latent, layout="raw",
-                        **_plan_args(vae, overrides, graph.space_factor, "decode"))
+                        **_plan_args(vae, overrides, graph.space_factor, "decode", latent.shape))
     pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
     return pixels.movedim(1, -1)
 
