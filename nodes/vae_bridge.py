@@ -1,6 +1,7 @@
 """Runs the engine on a ComfyUI ``comfy.sd.VAE``: its device, dtype, memory manager and progress bar."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -8,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 import comfy.model_management as mm
+import comfy.ops
 import comfy.utils
 import torch
 
@@ -18,6 +20,7 @@ from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
 from ..vae_accel import options
 from ..vae_accel.budget import plan_budget
+from ..vae_accel.ops import module_weights
 
 log = logging.getLogger("wan_accel")
 
@@ -88,7 +91,29 @@ def _plan_args(vae, overrides: Overrides, space_factor: int, kind: str, shape) -
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
     return dict(device=vae.device, dtype=vae.vae_dtype, budget_bytes=budget(vae, kind, shape, overrides.max_vram_gb),
                 tile=options.tile_latent(overrides.tile_size, space_factor),
-                slice_len=overrides.slice_frames or None, progress=_progress())
+                slice_len=overrides.slice_frames or None, progress=_progress(), weights=comfy_weights)
+
+
+@contextlib.contextmanager
+def comfy_weights(module, device, dtype):
+    """The engine's weight source (ops.WeightSource) through ComfyUI's own cast, comfy.ops.cast_bias_weight,
+    as ComfyUI's layers fetch theirs: the patcher's weight patches apply, lowvram-offloaded and Dynamic
+    VRAM weights stream in under ComfyUI's accounting, and the copy is given back (uncast) after its one
+    use, so the engine holds no weights of its own. Modules that are not ComfyUI ops are read as they are."""
+    if not hasattr(module, "weight_function"):
+        with module_weights(module, device, dtype) as held:
+            yield held
+        return
+    uncast = getattr(comfy.ops, "uncast_bias_weight", None)  # came with cast's offloadable=True
+    if uncast is not None:
+        weight, bias, handle = comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype,
+                                                          offloadable=True)
+        try:
+            yield weight, bias
+        finally:
+            uncast(module, weight, bias, handle)
+    else:  # ComfyUI 0.3.64: the cast has no hand-back
+        yield comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype)
 
 
 def budget(vae, kind: str, shape, max_vram_gb: float = 0.0) -> int | None:

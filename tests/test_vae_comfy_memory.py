@@ -91,3 +91,49 @@ def test_loading_the_vae_evicts_nothing_for_the_plan(bridge, vae21, monkeypatch,
     comfy_nodes.VAEDecode().decode(patched, {"samples": torch.randn(1, 16, 2, 4, 4)})
     comfy_nodes.VAEEncode().encode(patched, torch.rand(5, 32, 32, 3))
     assert calls == [0, 0]
+
+
+Z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(20))
+
+
+def _patched(vae):
+    return load_our_nodes()["WanAccelVAEPatch"].execute(vae=vae).result[0]
+
+
+def test_weights_come_through_comfys_cast_one_use_at_a_time(vae21, monkeypatch):
+    """No private weight copy: every conv's weights are ComfyUI's cast (which streams and accounts for
+    them), asked for each use and handed back after it; on the CPU, fully loaded, that is the module's
+    own tensor."""
+    import comfy.ops
+
+    casts, uncasts, real_cast = [], [], comfy.ops.cast_bias_weight
+
+    def cast(module, *args, **kwargs):
+        out = real_cast(module, *args, **kwargs)
+        casts.append((module, out[0]))
+        return out
+
+    monkeypatch.setattr(comfy.ops, "cast_bias_weight", cast)
+    if hasattr(comfy.ops, "uncast_bias_weight"):
+        real_uncast = comfy.ops.uncast_bias_weight
+        monkeypatch.setattr(comfy.ops, "uncast_bias_weight",
+                            lambda module, *args: uncasts.append(module) or real_uncast(module, *args))
+    _patched(vae21).decode(Z)
+    decoder = vae21.first_stage_model.decoder
+    used = [m for m, _ in casts]
+    assert {m for m in decoder.modules() if hasattr(m, "weight_function")} <= set(used)
+    assert sum(m is decoder.head[-1] for m in used) == 2  # two slices: asked again for each use, not kept
+    assert all(w.data_ptr() == m.weight.data_ptr() for m, w in casts)
+    if hasattr(comfy.ops, "uncast_bias_weight"):
+        assert len(uncasts) == len(casts)
+
+
+def test_the_patchers_weight_patches_reach_the_engine(vae21, monkeypatch):
+    """A weight patch (as a LoRA or weight wrapper installs through the patcher) changes core's decode;
+    the engine, taking its weights through ComfyUI's cast, decodes the same."""
+    head = vae21.first_stage_model.decoder.head[-1]
+    plain = vae21.decode(Z)
+    monkeypatch.setattr(head, "weight_function", [lambda w: w * 0.5], raising=False)
+    core, ours = vae21.decode(Z), _patched(vae21).decode(Z)
+    assert (core - plain).abs().max() > 0.05
+    assert (ours - core).abs().max().item() <= 1e-5

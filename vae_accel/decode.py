@@ -53,6 +53,7 @@ def decode(
     fault=None,
     channels_last: bool | None = None,
     fused_norm: bool | None = None,
+    weights=None,
 ) -> torch.Tensor:
     """Decode ``latent`` (B, C, T, H, W) with a Wan VAE; returns a host tensor.
 
@@ -62,12 +63,14 @@ def decode(
     memory; none on the CPU);
     ``tile`` (latent pixels) and ``slice_len`` (latent frames) override the planner.
     ``progress(done, total)`` is called after every step; ``fault(stage, info)`` runs before every
-    step and may raise (tests use it to inject out-of-memory errors).
+    step and may raise (tests use it to inject out-of-memory errors). ``weights`` (ops.WeightSource)
+    hands out each conv's weights for one use at a time (the bridge passes ComfyUI's own cast path);
+    by default the module's own tensors are moved to the device once and kept for the run.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     graph = decoder_graph(vae)
-    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm)
+    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm, weights)
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
     plan = _plan(graph, latent.shape, ctx, budget_bytes, tile, slice_len)

@@ -49,6 +49,7 @@ def encode(
     fault=None,
     channels_last: bool | None = None,
     fused_norm: bool | None = None,
+    weights=None,
 ) -> torch.Tensor:
     """Encode ``video`` with a Wan VAE into the latent mean, (B, C, T', h, w) float32 on the host.
 
@@ -56,11 +57,12 @@ def encode(
     ``layout="comfy"``: video (B, T, H, W, 3) in [0, 1] (ComfyUI IMAGE frames).
     Frames past the last 1 + 4k are dropped, as ComfyUI's encode does (logged).
     ``tile`` is in latent pixels, ``slice_len`` in latent frames (4 input frames each).
+    ``weights``: as for :func:`decode`.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     graph = encoder_graph(vae)
-    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm)
+    ctx = context_for(find_module(vae), device, dtype, channels_last, fused_norm, weights)
     video = check_video(video, graph.in_channels, graph.space_factor, layout)
     if layout == "comfy":
         B, T, H, W, _ = video.shape

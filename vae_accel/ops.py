@@ -10,8 +10,9 @@ the rectangle it covers, so a tile can be split later and its children crop the 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,32 +67,54 @@ class TileState:
         return TileState(dict(self.committed))
 
 
+WeightSource = Callable[[torch.nn.Module, torch.device, torch.dtype], ContextManager[tuple]]
+
+
+def module_weights(module: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+    """The engine's own weight source: the module's weight and bias on the run's device and dtype."""
+    bias = module.bias.detach().to(device, dtype) if module.bias is not None else None
+    return nullcontext((module.weight.detach().to(device, dtype), bias))
+
+
 @dataclass
 class ExecContext:
-    """How this run computes: device, dtype, memory layout and the fused norm+SiLU."""
+    """How this run computes: device, dtype, memory layout, the fused norm+SiLU and where weights come from.
+
+    ``source`` hands out a module's (weight, bias) for the span of one use (a context manager); None
+    means :func:`module_weights`, whose results are kept for the whole run. A caller's source is asked
+    every time and nothing it hands out is kept: ComfyUI's own cast path (the bridge) accounts for the
+    weights it moves, streams them under Dynamic VRAM and applies the patcher's weight patches."""
 
     device: torch.device
     dtype: torch.dtype
     channels_last: bool = False
     norm_act: Callable | None = None
-    _weights: dict = field(default_factory=dict)
+    source: WeightSource | None = None
+    _kept: dict = field(default_factory=dict)
 
-    def weight(self, key, module: torch.nn.Module, as_3d: bool):
-        hit = self._weights.get(key)
-        if hit is None:
-            w = module.weight.detach().to(self.device, self.dtype)
+    def weights(self, key, module: torch.nn.Module, as_3d: bool) -> ContextManager[tuple]:
+        """``with ctx.weights(key, module, as_3d) as (w, b):`` the conv's weights in this run's layout."""
+        hit = self._kept.get(key)
+        if hit is not None:
+            return nullcontext(hit)
+        return self._fetch(key, module, as_3d)
+
+    @contextmanager
+    def _fetch(self, key, module, as_3d):
+        with (self.source or module_weights)(module, self.device, self.dtype) as (w, b):
             if as_3d and w.dim() == 4:
                 w = w.unsqueeze(2)
             if self.channels_last:
                 w = w.contiguous(memory_format=torch.channels_last_3d)
-            b = module.bias.detach().to(self.device, self.dtype) if module.bias is not None else None
-            hit = self._weights[key] = (w, b)
-        return hit
+            if self.source is None:
+                self._kept[key] = (w, b)
+            yield w, b
 
     def param(self, key, tensor: torch.Tensor) -> torch.Tensor:
-        hit = self._weights.get(key)
+        """A small derived parameter (a norm's gain or bias), kept for the run."""
+        hit = self._kept.get(key)
         if hit is None:
-            hit = self._weights[key] = tensor.detach().to(self.device, self.dtype)
+            hit = self._kept[key] = tensor.detach().to(self.device, self.dtype)
         return hit
 
     def empty(self, shape) -> torch.Tensor:
@@ -174,8 +197,8 @@ class Conv(Op):
             st.put(self.key, (x[:, :, -lead:].clone(), inr))
         py = max(r - (out.y0 - inr.y0), r - (inr.y1 - out.y1))
         px = max(r - (out.x0 - inr.x0), r - (inr.x1 - out.x1))
-        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
-        y = F.conv3d(x, w, b, padding=(0, py, px))
+        with ctx.weights(self.key, self.module_ref(), as_3d=True) as (w, b):
+            y = F.conv3d(x, w, b, padding=(0, py, px))
         # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
         got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
         return crop(y, got, out)
@@ -431,15 +454,15 @@ class FrameAttention(Op):
             raise AssertionError("frame attention runs on whole frames only")
         b, c, t, h, w = x.shape
         y = self.norm.run(x, have, out, size, st, ctx)
-        wq, bq = ctx.weight((self.key, "qkv"), self.to_qkv(), as_3d=True)
-        qkv = F.conv3d(y, wq, bq)
+        with ctx.weights((self.key, "qkv"), self.to_qkv(), as_3d=True) as (wq, bq):
+            qkv = F.conv3d(y, wq, bq)
         del y
         qkv = qkv.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.chunk(3, dim=-1)
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
-        wp, bp = ctx.weight((self.key, "proj"), self.proj(), as_3d=True)
-        return F.conv3d(a.contiguous(), wp, bp).add_(x)
+        with ctx.weights((self.key, "proj"), self.proj(), as_3d=True) as (wp, bp):
+            return F.conv3d(a.contiguous(), wp, bp).add_(x)
 
 
 def number_ops(root: Op) -> int:
@@ -497,8 +520,8 @@ class StridedDown(Op):
         pb, pr = 2 * out.y1 + 1 - inr.y1, 2 * out.x1 + 1 - inr.x1
         if pb or pr:
             x = F.pad(x, (0, pr, 0, pb))
-        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
-        return F.conv3d(x, w, b, stride=(1, 2, 2))
+        with ctx.weights(self.key, self.module_ref(), as_3d=True) as (w, b):
+            return F.conv3d(x, w, b, stride=(1, 2, 2))
 
 
 class TimeDown(Op):
@@ -519,8 +542,8 @@ class TimeDown(Op):
         if saved is None:
             return x
         x = torch.cat([crop(saved[0], saved[1], out), x], dim=2)
-        w, b = ctx.weight(self.key, self.module_ref(), as_3d=True)
-        return F.conv3d(x, w, b, stride=(2, 1, 1))
+        with ctx.weights(self.key, self.module_ref(), as_3d=True) as (w, b):
+            return F.conv3d(x, w, b, stride=(2, 1, 1))
 
 
 class AvgDown(Op):

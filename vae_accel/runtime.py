@@ -84,7 +84,8 @@ def _fused_norm():
     return _compiled_norm
 
 
-def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool | None, fused_norm: bool | None) -> ExecContext:
+def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool | None, fused_norm: bool | None,
+                 weights=None) -> ExecContext:
     on_cuda = device.type == "cuda"
     if channels_last is None:
         channels_last = on_cuda
@@ -92,18 +93,19 @@ def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool |
         # Off by default: warm it is 12% faster, but the first decode of a process pays ~8 s of
         # torch.compile (bench/vae_decode_warm.py). WAN_ACCEL_FUSED_NORM=1 turns it on.
         fused_norm = on_cuda and os.environ.get("WAN_ACCEL_FUSED_NORM") == "1" and _triton_available()
-    return ExecContext(device=device, dtype=dtype, channels_last=channels_last, norm_act=_fused_norm() if fused_norm else None)
+    return ExecContext(device=device, dtype=dtype, channels_last=channels_last, norm_act=_fused_norm() if fused_norm else None,
+                       source=weights)
 
 
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def context_for(module: torch.nn.Module, device, dtype, channels_last, fused_norm) -> ExecContext:
+def context_for(module: torch.nn.Module, device, dtype, channels_last, fused_norm, weights=None) -> ExecContext:
     """Execution context on the module's device and dtype unless the caller names others."""
     param = next(module.parameters())
     device = torch.device(device) if device is not None else param.device
-    return make_context(device, dtype or param.dtype, channels_last, fused_norm)
+    return make_context(device, dtype or param.dtype, channels_last, fused_norm, weights)
 
 
 def element_size(dtype: torch.dtype) -> int:
