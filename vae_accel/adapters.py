@@ -189,10 +189,6 @@ def build_decoder(vae) -> DecoderGraph:
         out_channels //= patch * patch
     up = Seq(up_ops)
     number_ops(Seq([stem, up]))
-    time_factor = 1
-    for op in _walk(up):
-        if isinstance(op, TimeUpsample):
-            time_factor *= 2
     return DecoderGraph(
         source=source,
         version="2.2" if patch == 2 else "2.1",
@@ -200,17 +196,9 @@ def build_decoder(vae) -> DecoderGraph:
         out_channels=out_channels,
         stem=stem,
         up=up,
-        time_factor=time_factor,
-        space_factor=up.scale(),
+        time_factor=int(up.time_scale()),
+        space_factor=int(up.space_scale()),
     )
-
-
-def _walk(op: Op):
-    from .ops import _children
-
-    yield op
-    for child in _children(op):
-        yield from _walk(child)
 
 
 @dataclass
@@ -299,14 +287,9 @@ def build_encoder(vae) -> EncoderGraph:
         in_channels //= patch * patch
     down = Seq(down_ops)
     number_ops(Seq([down, tail]))
-    size, time_factor = (1 << 12, 1 << 12), 1
-    out = down.out_size(size)
-    for op in _walk(down):
-        if isinstance(op, TimeDown):
-            time_factor *= 2
     return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", in_channels=in_channels,
-                        latent_channels=latent_channels, down=down, tail=tail, time_factor=time_factor,
-                        space_factor=size[0] // out[0])
+                        latent_channels=latent_channels, down=down, tail=tail, time_factor=int(1 / down.time_scale()),
+                        space_factor=int(1 / down.space_scale()))
 
 
 # Weak keys, and values that refer to their module only weakly (ops.ModuleRef): an entry dies with its VAE.

@@ -16,7 +16,7 @@ import torch
 
 from ..telemetry.phases import phase
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
-from .ops import ExecContext
+from .context import ExecContext
 from .planner import Plan, plan_decode
 from .progress import make_progress
 from .rect import Rect

@@ -1,16 +1,17 @@
 """Choose tile size and temporal slice length from a VRAM budget.
 
 The memory model simulates one tile step of the op path (decode's upsampling path or
-encode's downsampling path): it sums the causal caches (kt - 1 frames of every conv input at
-that conv's resolution) and the widest activation times ``ACT_FACTOR`` (input, padded buffer,
-output and residual alive together), then scales by a factor measured on the GPU.
+encode's downsampling path): each op adds its own facts (``Op.account``: kt - 1 frames of every
+conv input at that conv's resolution for the causal caches, its widest activation), the widest
+activation counts ``ACT_FACTOR`` times (input, padded buffer, output and residual alive together),
+and the sum is scaled by a factor measured on the GPU.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .ops import AddShortcut, Conv, Op, Seq, StridedDown, TimeDown, TimeUpsample, _children
+from .op_base import CostTally, Seq
 from .rect import Rect
 
 # Calibrated on an H100 (bench/vae_decode.py, bench/vae_encode.py; Wan 2.1 VAE, bf16,
@@ -54,55 +55,15 @@ def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
     return [Rect(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(ny) for j in range(nx)]
 
 
-def _walk_costs(path: Seq, size: tuple[int, int], frames: float) -> tuple[float, float]:
-    """(cache elements, widest activation elements) of one tile step of ``path``."""
-    total_cache, peak_act = 0.0, 0.0
-    state = {"size": size, "frames": frames}
-
-    def visit(op: Op):
-        nonlocal total_cache, peak_act
-        h, w = state["size"]
-        if isinstance(op, Conv):
-            cin, cout = op.cin, op.cout
-            total_cache += (op.kt - 1) * cin * h * w
-            peak_act = max(peak_act, max(cin, cout) * state["frames"] * h * w)
-            return
-        if isinstance(op, (StridedDown, TimeDown)):
-            cin = op.cin
-            peak_act = max(peak_act, cin * state["frames"] * h * w)
-            if isinstance(op, TimeDown):
-                total_cache += cin * h * w
-                state["frames"] /= 2
-            else:
-                state["size"] = op.out_size((h, w))
-            return
-        if isinstance(op, TimeUpsample):
-            visit(op.conv)
-            state["frames"] *= 2
-            return
-        if isinstance(op, AddShortcut):  # the shortcut is parameter-free and shares the main's sizes
-            visit(op.main)
-            return
-        kids = _children(op)
-        if kids:
-            for child in kids:
-                visit(child)
-        else:
-            state["size"] = op.out_size((h, w))
-
-    visit(path)
-    return total_cache, peak_act
-
-
 def estimate_bytes(path: Seq, tile_h: int, tile_w: int, slice_len: int, elem: int, in_scale: int = 1,
                    in_frames: int = 1, calibration: float = DECODE_CALIBRATION) -> int:
     """Peak bytes of one tile step of ``path``: a tile of ``tile_h x tile_w`` latent pixels (times
     ``in_scale`` at the path's input, plus its halo) and ``slice_len`` latent frames (times
     ``in_frames`` at the input)."""
     halo = math.ceil(path.halo())
-    size = (tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo)
-    cache, act = _walk_costs(path, size, slice_len * in_frames)
-    return int(calibration * (cache + ACT_FACTOR * act) * elem)
+    tally = CostTally(size=(tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo), frames=slice_len * in_frames)
+    path.account(tally)
+    return int(calibration * (tally.cache + ACT_FACTOR * tally.peak) * elem)
 
 
 def plan_decode(up: Seq, latent_size, frames: int, elem: int, budget_bytes, tile=None, slice_len=None) -> Plan:

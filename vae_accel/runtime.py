@@ -9,7 +9,8 @@ import logging
 import torch
 
 from .budget import plan_budget
-from .ops import ExecContext, rms_norm_silu
+from .context import ExecContext
+from .op_layers import rms_norm_silu
 
 log = logging.getLogger("wan_accel")
 _compiled_norm = None
