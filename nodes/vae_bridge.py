@@ -21,6 +21,7 @@ from ..vae_accel import encode as engine_encode
 from ..vae_accel import options
 from ..vae_accel.budget import plan_budget
 from ..vae_accel.ops import module_weights
+from ..vae_accel.run_options import RunOptions
 
 log = logging.getLogger("wan_accel")
 
@@ -76,22 +77,31 @@ def _progress():
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _plan_args(vae, overrides: Overrides, space_factor: int, kind: str, shape) -> dict:
-    """The engine's arguments for a ``kind`` call on an input of ``shape`` (core's layout).
-
-    The VAE is loaded as ComfyUI loads a model for a call that needs no memory of its own: core asks
-    for its whole estimate (memory_used_decode), which unloads the diffusion model the next run needs;
-    our plans never use more than is free (a user's budget is a cap, not a reservation, and an OOM only
-    shrinks the plan), so nothing is evicted for them."""
-    # the nodes' own check runs before the prompt; this one also sees linked values and the VAE's factor
+def _start(vae, overrides: Overrides, use: str):
+    """The engine graph for ``use`` ("decode" or "encode") once the VAE and the plan inputs pass. The
+    nodes' own check runs before the prompt; this one also sees linked values and the VAE's factor."""
+    vae.throw_exception_if_invalid()
+    graph = _require_supported(vae, use)
     problem = options.plan_input_problem(overrides.max_vram_gb, overrides.tile_size, overrides.slice_frames,
-                                         space_factor=space_factor)
+                                         space_factor=graph.space_factor)
     if problem:
         raise ValueError(problem)
+    return graph
+
+
+def _load(vae) -> None:
+    """Load the VAE as ComfyUI loads a model for a call that needs no memory of its own. Core asks for
+    its whole estimate (memory_used_decode), which unloads the diffusion model the next run needs; our
+    plans never use more than is free (a user's budget is a cap, not a reservation, and an OOM only
+    shrinks the plan), so nothing is evicted for them."""
     mm.load_models_gpu([vae.patcher], memory_required=0, force_full_load=getattr(vae, "disable_offload", False))
-    return dict(device=vae.device, dtype=vae.vae_dtype, budget_bytes=budget(vae, kind, shape, overrides.max_vram_gb),
-                tile=options.tile_latent(overrides.tile_size, space_factor),
-                slice_len=overrides.slice_frames or None, progress=_progress(), weights=comfy_weights)
+
+
+def _run_options(vae, overrides: Overrides, graph, kind: str, shape) -> RunOptions:
+    """How the engine runs a ``kind`` call on an input of ``shape`` (core's layout), once the VAE is loaded."""
+    return RunOptions(device=vae.device, dtype=vae.vae_dtype, budget_bytes=budget(vae, kind, shape, overrides.max_vram_gb),
+                      tile=options.tile_latent(overrides.tile_size, graph.space_factor),
+                      slice_len=overrides.slice_frames or None, progress=_progress(), weights=comfy_weights)
 
 
 @contextlib.contextmanager
@@ -138,14 +148,14 @@ def encode(vae, pixels, overrides: Overrides):
     """What ``comfy.sd.VAE.encode`` returns for Wan video frames, computed by the engine: frames (T, H, W, C)
     or (B, T, H, W, C) in [0, 1] go through core's own cropping and ``process_input``; the latent comes
     back on the intermediate device in ComfyUI's intermediate dtype, through ``format_encoded`` if set."""
-    vae.throw_exception_if_invalid()
-    graph = _require_supported(vae, "encode")
+    graph = _start(vae, overrides, "encode")
     video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)
     if video.dim() < 5:  # frames of one video, as core reads a 4-D batch for a video VAE
         video = video.movedim(1, 0).unsqueeze(0)
     video = vae.process_input(video)
-    latent = engine_encode(vae.first_stage_model, video, layout="raw",
-                           **_plan_args(vae, overrides, graph.space_factor, "encode", video.shape))
+    _load(vae)
+    latent = engine_encode(vae.first_stage_model, video, _run_options(vae, overrides, graph, "encode", video.shape),
+                           layout="raw")
     latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
     format_encoded = getattr(vae, "format_encoded", None)
     return format_encoded(latent) if format_encoded is not None else latent
@@ -154,10 +164,10 @@ def encode(vae, pixels, overrides: Overrides):
 def decode(vae, latent, overrides: Overrides):
     """What ``comfy.sd.VAE.decode`` returns for a Wan video latent, computed by the engine: (B, T, H, W, C)
     on the intermediate device in ComfyUI's intermediate dtype, through the VAE's own ``process_output``."""
-    vae.throw_exception_if_invalid()
-    graph = _require_supported(vae, "decode")
-    raw = engine_decode(vae.first_stage_model, latent, layout="raw",
-                        **_plan_args(vae, overrides, graph.space_factor, "decode", latent.shape))
+    graph = _start(vae, overrides, "decode")
+    _load(vae)
+    raw = engine_decode(vae.first_stage_model, latent, _run_options(vae, overrides, graph, "decode", latent.shape),
+                        layout="raw")
     pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
     return pixels.movedim(1, -1)
 

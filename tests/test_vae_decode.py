@@ -241,3 +241,16 @@ def test_gpu_layout_options_are_exact_on_cpu(channels_last, monkeypatch):
         ref = reference_decode(model, z)
         out = _raw(model, z, tile=3, slice_len=2, channels_last=channels_last, fused_norm=True)
         assert (out - ref).abs().max().item() <= TOL
+
+
+def test_options_object_and_keywords_are_the_same_call():
+    from wan_accel.vae_accel import RunOptions
+
+    model = wan21()
+    z = _latent((1, 16, 3, 6, 7), seed=14)
+    by_keywords = decode(model, z, tile=3, slice_len=2, progress=False)
+    by_object = decode(model, z, RunOptions(tile=3, slice_len=2, progress=False))
+    overridden = decode(model, z, RunOptions(tile=5, slice_len=1, progress=False), tile=3, slice_len=2)
+    assert torch.equal(by_keywords, by_object) and torch.equal(by_keywords, overridden)
+    with pytest.raises(TypeError, match="unknown engine option\\(s\\) tiles"):
+        decode(model, z, tiles=3)
