@@ -1,34 +1,49 @@
 """ComfyUI nodes over the VAE engine: a decode node and a patch that reroutes any VAE node."""
 from __future__ import annotations
 
-import copy
 import logging
 
 from comfy_api.latest import io
 
+from ..vae_accel import options
 from . import vae_bridge
 
 log = logging.getLogger("wan_accel")
 
-_PLAN_INPUTS_DOC = "0 lets the planner choose from free VRAM."
-
 
 def _plan_inputs() -> list:
     return [
-        io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=512.0, step=0.25, optional=True,
-                       tooltip="Device memory the VAE may use, in GiB. 0: a quarter of the free VRAM, kept between "
-                               "3 and 6 GiB for decode and between 2 and 12 GiB for encode (bigger tiles are "
-                               "faster; past the cap nothing is gained). Set it to keep VRAM low."),
-        io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, optional=True,
-                     tooltip="Largest spatial tile in output pixels. Tiles are exact (halo, no blending), "
-                             "smaller tiles use less VRAM and a little more time. " + _PLAN_INPUTS_DOC),
-        io.Int.Input("slice_frames", default=0, min=0, max=64, step=1, optional=True,
+        io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=options.MAX_VRAM_GB, step=0.25, optional=True,
+                       tooltip="Most device memory the VAE's work may use, in GiB (its weights not counted), and "
+                               "never more than is free: no model is unloaded for it. 0: a quarter of the free "
+                               "VRAM (with Dynamic VRAM, counting what ComfyUI can stream out), kept between 3 and "
+                               "6 GiB for decode and 2 and 6 GiB for encode, and never more than core's own VAE "
+                               "would reserve. Less memory means smaller tiles and more time."),
+        io.Int.Input("tile_size", default=0, min=0, max=options.MAX_TILE_PIXELS, step=16, optional=True,
+                     tooltip="Largest tile side in image pixels (decode's output, encode's input); 0: the planner "
+                             f"chooses. At least {options.min_tile_pixels(8)} ({options.min_tile_pixels(16)} for the "
+                             "Wan 2.2 VAE). Tiles are exact (no blending) but each recomputes a border it shares "
+                             "with its neighbours, so small tiles cost far more time: at 1216x832, 128 px tiles do "
+                             "about 1.8x the decode work and 3x the encode work of whole frames, 64 px about 3x "
+                             "and 6x."),
+        io.Int.Input("slice_frames", default=0, min=0, max=options.MAX_SLICE_FRAMES, step=1, optional=True,
                      tooltip="Latent frames per step (each is 4 video frames); more is faster "
-                             "and uses more VRAM. " + _PLAN_INPUTS_DOC),
+                             "and uses more VRAM. 0: the planner chooses."),
     ]
 
 
-class WanAccelVAEDecode(io.ComfyNode):
+class PlanInputsNode(io.ComfyNode):
+    """The checks ComfyUI cannot make for the plan inputs, run before the prompt is queued.
+
+    Naming an input here switches ComfyUI's own min/max check off for it, so the range is
+    checked here too; slice_frames keeps ComfyUI's check."""
+
+    @classmethod
+    def validate_inputs(cls, max_vram_gb=0.0, tile_size=0):
+        return options.vram_problem(max_vram_gb) or options.tile_problem(tile_size) or True
+
+
+class WanAccelVAEDecode(PlanInputsNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -53,7 +68,7 @@ class WanAccelVAEDecode(io.ComfyNode):
         return io.NodeOutput(images)
 
 
-class WanAccelVAEEncode(io.ComfyNode):
+class WanAccelVAEEncode(PlanInputsNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -77,7 +92,7 @@ class WanAccelVAEEncode(io.ComfyNode):
         return io.NodeOutput({"samples": latent})
 
 
-class WanAccelVAEPatch(io.ComfyNode):
+class WanAccelVAEPatch(PlanInputsNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -97,11 +112,7 @@ class WanAccelVAEPatch(io.ComfyNode):
         if reason:
             log.info("wan_accel: WanAccelVAEPatch leaves this VAE unchanged: %s", reason)
             return io.NodeOutput(vae)
-        overrides = vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames)
-        patched = copy.copy(vae)  # shares weights and patcher; only the methods differ
-        patched.decode = lambda samples_in, vae_options={}: vae_bridge.decode(vae, samples_in, overrides)
-        patched.encode = lambda pixel_samples: vae_bridge.encode(vae, pixel_samples, overrides)
-        patched.wan_accel_overrides = overrides
+        patched = vae_bridge.patch(vae, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
         return io.NodeOutput(patched)
 
 

@@ -41,14 +41,18 @@ def test_engine_equals_comfy_vae_decode(vae21, tile, slice_len):
     assert (ours - core).abs().max().item() <= TOL
 
 
-def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch):
+def _bridge(mappings):
+    """The bridge module as ComfyUI imported it (under the custom_nodes path, not as wan_accel)."""
     import sys
 
+    package = mappings["WanAccelVAEPatch"].__module__.rsplit(".", 1)[0]
+    return sys.modules[package + ".vae_bridge"]
+
+
+def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch):
     import nodes as comfy_nodes
 
-    # the bridge module as ComfyUI imported it (under the custom_nodes path, not as wan_accel)
-    package = mappings["WanAccelVAEPatch"].__module__.rsplit(".", 1)[0]
-    bridge = sys.modules[package + ".vae_bridge"]
+    bridge = _bridge(mappings)
     z = {"samples": _z((1, 16, 3, 6, 5), seed=1)}
     plain = comfy_nodes.VAEDecode().decode(vae21, z)[0]
     patched = mappings["WanAccelVAEPatch"].execute(vae=vae21).result[0]
@@ -65,10 +69,10 @@ def test_patch_makes_core_vae_decode_use_the_engine(mappings, vae21, monkeypatch
 def test_decode_node_output_matches_core_node(mappings, vae21):
     import nodes as comfy_nodes
 
-    z = {"samples": _z((2, 16, 2, 5, 6), seed=2)}
+    z = {"samples": _z((2, 16, 2, 5, 9), seed=2)}  # 9 latent columns: two tiles of the smallest size, 64 px
     core = comfy_nodes.VAEDecode().decode(vae21, z)[0]
-    ours = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae21, tile_size=24, slice_frames=1).result[0]
-    assert ours.shape == core.shape == (10, 40, 48, 3)
+    ours = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae21, tile_size=64, slice_frames=1).result[0]
+    assert ours.shape == core.shape == (10, 40, 72, 3)
     assert (ours - core).abs().max().item() <= TOL
 
 
@@ -97,8 +101,13 @@ def test_unsupported_vae_patch_passes_through_and_decode_names_supported(mapping
         out = mappings["WanAccelVAEPatch"].execute(vae=vae).result[0]
     assert out is vae
     assert any("leaves this VAE unchanged" in r.getMessage() for r in caplog.records)
-    with pytest.raises(TypeError, match="Wan 2.1 VAE"):
-        mappings["WanAccelVAEDecode"].execute(samples={"samples": torch.zeros(1, 4, 1, 4, 4)}, vae=vae)
+    for node, inputs in (("WanAccelVAEDecode", {"samples": {"samples": torch.zeros(1, 4, 1, 4, 4)}}),
+                         ("WanAccelVAEEncode", {"pixels": torch.zeros(1, 8, 8, 3)})):
+        with pytest.raises(TypeError, match="Wan 2.1 VAE") as err:
+            mappings[node].execute(vae=vae, **inputs)
+        message = str(err.value)
+        assert message.count("wan_2.1_vae.safetensors") == 1, message  # the supported list, once
+        assert "this VAE is not one: Conv2d" in message and "\n" not in message
 
 
 def test_decode_node_rejects_image_latent(mappings, vae21):
@@ -107,10 +116,10 @@ def test_decode_node_rejects_image_latent(mappings, vae21):
 
 
 def _patched(mappings, vae):
-    return mappings["WanAccelVAEPatch"].execute(vae=vae, tile_size=16, slice_frames=1).result[0]
+    return mappings["WanAccelVAEPatch"].execute(vae=vae, tile_size=64, slice_frames=1).result[0]
 
 
-def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, vae21):
+def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, vae21, monkeypatch):
     from comfy_extras.nodes_wan import WanImageToVideo
 
     start = torch.rand(1, 40, 32, 3, generator=torch.Generator().manual_seed(4))
@@ -121,7 +130,14 @@ def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, va
                                       batch_size=1, start_image=start)
         return out.result[0][0][1]["concat_latent_image"]
 
-    plain, ours = run(vae21), run(_patched(mappings, vae21))
+    bridge = _bridge(mappings)
+    calls = []
+    real = bridge.engine_encode
+    monkeypatch.setattr(bridge, "engine_encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = run(vae21)
+    assert not calls
+    ours = run(_patched(mappings, vae21))
+    assert calls, "WanImageToVideo's encode did not go through the engine"
     assert ours.shape == plain.shape == (1, 16, 3, 5, 4)
     assert (ours - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
 
@@ -129,10 +145,10 @@ def test_patched_vae_gives_wan_image_to_video_the_same_conditioning(mappings, va
 def test_encode_node_and_core_vae_encode_agree(mappings, vae21):
     import nodes as comfy_nodes
 
-    frames = torch.rand(5, 48, 40, 3, generator=torch.Generator().manual_seed(5))
+    frames = torch.rand(5, 48, 72, 3, generator=torch.Generator().manual_seed(5))  # 9 latent columns: two tiles
     core = comfy_nodes.VAEEncode().encode(vae21, frames)[0]["samples"]
-    ours = mappings["WanAccelVAEEncode"].execute(pixels=frames, vae=vae21, tile_size=24).result[0]["samples"]
-    assert ours.shape == core.shape == (1, 16, 2, 6, 5)
+    ours = mappings["WanAccelVAEEncode"].execute(pixels=frames, vae=vae21, tile_size=64).result[0]["samples"]
+    assert ours.shape == core.shape == (1, 16, 2, 6, 9)
     assert (ours - core).abs().max().item() <= 1e-4 * max(1.0, core.abs().max().item())
 
 

@@ -6,6 +6,7 @@ import torch
 
 from wan_accel.vae_accel import BadLatent, UnsupportedVAE, build_decoder, decode
 from wan_accel.vae_accel import sink as sink_module
+from wan_accel.vae_accel.decode import decoder_graph
 
 from wan_fixtures import reference_decode, wan21, wan22
 
@@ -133,6 +134,54 @@ def test_oom_on_first_frame_splits_the_tile(monkeypatch, caplog):
     assert any("splitting it" in r.getMessage() for r in caplog.records)
 
 
+def _fail_after(monkeypatch, op, calls_to_fail):
+    """Make ``op`` run, then raise out-of-memory, on the given calls: by then the step has staged the
+    causal state of every op before it (and its own), so only a real rollback makes the retry exact."""
+    real, seen = op.run, {"n": 0, "failed": []}
+
+    def run(*args):
+        y = real(*args)
+        seen["n"] += 1
+        if seen["n"] in calls_to_fail:
+            seen["failed"].append(seen["n"])
+            raise torch.OutOfMemoryError("injected after staging")
+        return y
+
+    monkeypatch.setattr(op, "run", run)
+    return seen
+
+
+def test_oom_after_a_step_staged_its_state_rolls_it_back(monkeypatch, caplog):
+    model = wan21()
+    graph = decoder_graph(model)
+    z = _latent((1, 16, 5, 9, 10), seed=12)
+    ref = reference_decode(model, z)
+    coverage = _Coverage(monkeypatch)
+    stem = _fail_after(monkeypatch, graph.stem.ops[-1], {2})  # the stem's 2-frame step, all its caches staged
+    head = _fail_after(monkeypatch, graph.up.ops[-1], {2, 6})  # the head conv: the whole up path staged
+    out = _raw(model, z, tile=5, slice_len=2)
+    assert stem["failed"] == [2] and head["failed"] == [2, 6]
+    assert (out - ref).abs().max().item() <= TOL
+    assert coverage.count.min().item() == 1 and coverage.count.max().item() == 1
+    assert len([r for r in caplog.records if "out of memory" in r.getMessage()]) == 3
+
+
+def test_tile_split_mid_video_inherits_the_caches(monkeypatch, caplog):
+    """An OOM on a one-frame step after frames 0 and 1 of a tile are done splits the tile; its halves
+    go on from frame 2 with the tile's causal caches (cropped), not from empty ones."""
+    model = wan21()
+    graph = decoder_graph(model)
+    z = _latent((1, 16, 4, 8, 8), seed=13)
+    ref = reference_decode(model, z)
+    coverage = _Coverage(monkeypatch)
+    head = _fail_after(monkeypatch, graph.up.ops[-1], {3})  # one 8x8 tile, one frame per step: frame 2
+    out = _raw(model, z, tile=8, slice_len=1)
+    assert head["failed"] == [3]
+    assert any("splitting it" in r.getMessage() for r in caplog.records)
+    assert (out - ref).abs().max().item() <= TOL
+    assert coverage.count.min().item() == 1 and coverage.count.max().item() == 1
+
+
 def test_oom_that_cannot_shrink_further_raises_clear_error():
     model = wan21()
     z = _latent((1, 16, 1, 2, 2), seed=8)
@@ -174,8 +223,9 @@ def test_unsupported_vae_names_the_supported_ones():
     from diffusers import AutoencoderKL
 
     sd_vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
-    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE"):
+    with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE") as err:
         decode(sd_vae, torch.zeros(1, 4, 1, 4, 4), progress=False)
+    assert str(err.value).count("wan_2.1_vae.safetensors") == 1
     with pytest.raises(UnsupportedVAE, match="expected a VAE module"):
         build_decoder("not a model")
 
@@ -191,3 +241,16 @@ def test_gpu_layout_options_are_exact_on_cpu(channels_last, monkeypatch):
         ref = reference_decode(model, z)
         out = _raw(model, z, tile=3, slice_len=2, channels_last=channels_last, fused_norm=True)
         assert (out - ref).abs().max().item() <= TOL
+
+
+def test_options_object_and_keywords_are_the_same_call():
+    from wan_accel.vae_accel import RunOptions
+
+    model = wan21()
+    z = _latent((1, 16, 3, 6, 7), seed=14)
+    by_keywords = decode(model, z, tile=3, slice_len=2, progress=False)
+    by_object = decode(model, z, RunOptions(tile=3, slice_len=2, progress=False))
+    overridden = decode(model, z, RunOptions(tile=5, slice_len=1, progress=False), tile=3, slice_len=2)
+    assert torch.equal(by_keywords, by_object) and torch.equal(by_keywords, overridden)
+    with pytest.raises(TypeError, match="unknown engine option\\(s\\) tiles"):
+        decode(model, z, tiles=3)

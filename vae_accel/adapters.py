@@ -39,14 +39,21 @@ SUPPORTED_VAES = (
 
 
 class UnsupportedVAE(TypeError):
-    """The module is not a Wan VAE this engine can drive."""
+    """The module is not a Wan VAE this engine can drive. ``reason`` says why in a few words; the
+    message adds, once, which VAEs are supported (or is ``message``, for callers that word it)."""
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        super().__init__(message or f"{reason}. Supported: {SUPPORTED_VAES}")
 
 
 @dataclass
 class DecoderGraph:
+    """The decoder's op graph. It holds only weak references to the VAE's modules (cached graphs
+    must not keep a VAE alive); callers pass the VAE again when they run it."""
+
     source: str  # "comfyui" or "diffusers"
     version: str  # "2.1" or "2.2"
-    module: torch.nn.Module
     latent_channels: int
     out_channels: int
     stem: Seq  # post-quant conv, conv in, middle block: latent resolution, whole frames
@@ -61,8 +68,7 @@ class DecoderGraph:
 
 
 def _norm(m, act: bool = True) -> NormAct:
-    bias = m.bias if isinstance(getattr(m, "bias", None), torch.Tensor) else None
-    return NormAct(m.gamma, bias, act=act)
+    return NormAct(m, act=act)
 
 
 def _is_identity(m) -> bool:
@@ -130,7 +136,7 @@ def _up_block(m) -> Op:
     return _up_item(m)  # ComfyUI 2.1: a flat list of blocks
 
 
-def _find_vae(obj) -> torch.nn.Module:
+def find_module(obj) -> torch.nn.Module:
     """Accept the bare module, ComfyUI's ``comfy.sd.VAE`` wrapper or anything holding one."""
     for attr in ("first_stage_model",):
         inner = getattr(obj, attr, None)
@@ -138,15 +144,15 @@ def _find_vae(obj) -> torch.nn.Module:
             return inner
     if isinstance(obj, torch.nn.Module):
         return obj
-    raise UnsupportedVAE(f"expected a VAE module, got {type(obj).__name__}. Supported: {SUPPORTED_VAES}")
+    raise UnsupportedVAE(f"expected a VAE module, got {type(obj).__name__}")
 
 
 def build_decoder(vae) -> DecoderGraph:
     """The op graph of a Wan VAE decoder, or :class:`UnsupportedVAE` naming what is supported."""
-    m = _find_vae(vae)
+    m = find_module(vae)
     dec = getattr(m, "decoder", None)
     if dec is None:
-        raise UnsupportedVAE(f"{type(m).__name__} has no decoder. Supported: {SUPPORTED_VAES}")
+        raise UnsupportedVAE(f"{type(m).__name__} has no decoder")
     try:
         if hasattr(dec, "middle") and hasattr(m, "conv2"):  # ComfyUI comfy.ldm.wan.vae / vae2_2
             source = "comfyui"
@@ -164,15 +170,15 @@ def build_decoder(vae) -> DecoderGraph:
             blocks = list(dec.up_blocks)
             head_norm, head_conv = dec.norm_out, dec.conv_out
         else:
-            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE")
         if not (hasattr(post_quant, "_padding") and hasattr(conv_in, "_padding")):
-            raise UnsupportedVAE(f"{type(m).__name__} has no causal 3D convolutions. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} has no causal 3D convolutions")
         stem = Seq([Conv(post_quant), Conv(conv_in), _res(mid[0]), _attention(mid[1]), _res(mid[2])])
         up_ops = [_up_block(b) for b in blocks] + [_norm(head_norm), Conv(head_conv)]
     except (AttributeError, ValueError, TypeError, IndexError) as exc:
         if isinstance(exc, UnsupportedVAE):
             raise
-        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc}). Supported: {SUPPORTED_VAES}") from exc
+        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc})") from exc
 
     latent_channels = post_quant.weight.shape[1]
     out_channels = head_conv.weight.shape[0]
@@ -183,36 +189,24 @@ def build_decoder(vae) -> DecoderGraph:
         out_channels //= patch * patch
     up = Seq(up_ops)
     number_ops(Seq([stem, up]))
-    time_factor = 1
-    for op in _walk(up):
-        if isinstance(op, TimeUpsample):
-            time_factor *= 2
     return DecoderGraph(
         source=source,
         version="2.2" if patch == 2 else "2.1",
-        module=m,
         latent_channels=latent_channels,
         out_channels=out_channels,
         stem=stem,
         up=up,
-        time_factor=time_factor,
-        space_factor=up.scale(),
+        time_factor=int(up.time_scale()),
+        space_factor=int(up.space_scale()),
     )
-
-
-def _walk(op: Op):
-    from .ops import _children
-
-    yield op
-    for child in _children(op):
-        yield from _walk(child)
 
 
 @dataclass
 class EncoderGraph:
+    """The encoder's op graph; like :class:`DecoderGraph`, only weak references to the modules."""
+
     source: str
     version: str
-    module: torch.nn.Module
     in_channels: int  # image channels before any patchify
     latent_channels: int
     down: Seq  # (2.2: patchify,) conv in and the downsampling path: run per tile
@@ -259,10 +253,10 @@ def _down_block(m) -> Op:
 
 def build_encoder(vae) -> EncoderGraph:
     """The op graph of a Wan VAE encoder, or :class:`UnsupportedVAE` naming what is supported."""
-    m = _find_vae(vae)
+    m = find_module(vae)
     enc = getattr(m, "encoder", None)
     if enc is None:
-        raise UnsupportedVAE(f"{type(m).__name__} has no encoder. Supported: {SUPPORTED_VAES}")
+        raise UnsupportedVAE(f"{type(m).__name__} has no encoder")
     try:
         if hasattr(enc, "middle") and hasattr(m, "conv1") and hasattr(m, "conv2"):
             source, quant, conv_in = "comfyui", m.conv1, enc.conv1
@@ -276,7 +270,7 @@ def build_encoder(vae) -> EncoderGraph:
             blocks = list(enc.down_blocks)
             head_norm, head_conv = enc.norm_out, enc.conv_out
         else:
-            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE. Supported: {SUPPORTED_VAES}")
+            raise UnsupportedVAE(f"{type(m).__name__} is not a Wan VAE")
         down_ops: list[Op] = [Conv(conv_in)] + [_down_block(b) for b in blocks]
         latent_channels = quant.weight.shape[0] // 2
         tail = Seq([_res(mid[0]), _attention(mid[1]), _res(mid[2]), _norm(head_norm), Conv(head_conv), Conv(quant),
@@ -284,7 +278,7 @@ def build_encoder(vae) -> EncoderGraph:
     except (AttributeError, ValueError, TypeError, IndexError) as exc:
         if isinstance(exc, UnsupportedVAE):
             raise
-        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc}). Supported: {SUPPORTED_VAES}") from exc
+        raise UnsupportedVAE(f"{type(m).__name__} does not have the Wan VAE layout ({exc})") from exc
     in_channels = conv_in.weight.shape[1]
     patch = 1
     if in_channels == 12:  # Wan 2.2 folds 2x2 pixels into channels first
@@ -293,22 +287,18 @@ def build_encoder(vae) -> EncoderGraph:
         in_channels //= patch * patch
     down = Seq(down_ops)
     number_ops(Seq([down, tail]))
-    size, time_factor = (1 << 12, 1 << 12), 1
-    out = down.out_size(size)
-    for op in _walk(down):
-        if isinstance(op, TimeDown):
-            time_factor *= 2
-    return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", module=m, in_channels=in_channels,
-                        latent_channels=latent_channels, down=down, tail=tail, time_factor=time_factor,
-                        space_factor=size[0] // out[0])
+    return EncoderGraph(source=source, version="2.2" if patch == 2 else "2.1", in_channels=in_channels,
+                        latent_channels=latent_channels, down=down, tail=tail, time_factor=int(1 / down.time_scale()),
+                        space_factor=int(1 / down.space_scale()))
 
 
+# Weak keys, and values that refer to their module only weakly (ops.ModuleRef): an entry dies with its VAE.
 _graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def cached_graph(build, vae):
     """``build(vae)`` once per module: node graphs are reused across calls (weights are read at run time)."""
-    module = _find_vae(vae)
+    module = find_module(vae)
     per_module = _graphs.setdefault(module, {})
     if build not in per_module:
         per_module[build] = build(module)

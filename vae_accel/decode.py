@@ -15,20 +15,18 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import DecoderGraph, build_decoder, cached_graph
-from .ops import ExecContext
+from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
+from .context import ExecContext
 from .planner import Plan, plan_decode
 from .progress import make_progress
+from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import context_for, default_budget, element_size
+from .runtime import default_budget, element_size
 from .schedule import frame_loop, steps_for, tile_loop
 from .sink import HostSink
 from .validate import check_latent
 
 log = logging.getLogger("wan_accel")
-
-LAYOUTS = ("raw", "comfy")
-
 
 def decoder_graph(vae) -> DecoderGraph:
     return cached_graph(build_decoder, vae)
@@ -39,58 +37,50 @@ def out_frame(f: int, time_factor: int) -> int:
     return 0 if f == 0 else 1 + time_factor * (f - 1)
 
 
-def decode(
-    vae,
-    latent: torch.Tensor,
-    *,
-    layout: str = "raw",
-    budget_bytes: int | None = None,
-    tile: int | None = None,
-    slice_len: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress=None,
-    fault=None,
-    channels_last: bool | None = None,
-    fused_norm: bool | None = None,
-) -> torch.Tensor:
-    """Decode ``latent`` (B, C, T, H, W) with a Wan VAE; returns a host tensor.
+def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layout: str = "raw",
+           **option_changes) -> torch.Tensor:
+    """Decode ``latent`` (B, C, T, H, W) with a Wan VAE; returns a host tensor. How it runs: ``options``
+    and/or the same names as keywords (run_options.RunOptions).
 
     ``layout="raw"``: (B, 3, T', H', W') float32 in the model's range (as the module's decode);
     ``layout="comfy"``: (B, T', H', W', 3) float32 in [0, 1] (as ComfyUI's ``VAE.decode``).
-    ``budget_bytes`` caps device memory for the plan (default on CUDA: a quarter of the free memory, between
-    3 and 6 GiB and never more than is free; none on the CPU);
-    ``tile`` (latent pixels) and ``slice_len`` (latent frames) override the planner.
-    ``progress(done, total)`` is called after every step; ``fault(stage, info)`` runs before every
-    step and may raise (tests use it to inject out-of-memory errors).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_layout(layout)
+    o = RunOptions.of(options, **option_changes)
     graph = decoder_graph(vae)
-    ctx = context_for(graph.module, device, dtype, channels_last, fused_norm)
+    ctx = o.context(find_module(vae))
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
-    if budget_bytes is None:
-        budget_bytes = default_budget(ctx.device)
-    plan = plan_decode(graph.up, (H, W), T, element_size(ctx.dtype), budget_bytes, tile, slice_len)
+    plan = _plan(graph, latent.shape, ctx, o)
     log.debug("wan_accel decode plan: %s", plan)
 
     oh, ow = graph.up.out_size((H, W))
     ot = out_frame(T, graph.time_factor)
     c = graph.out_channels
     sink = HostSink((B, c, ot, oh, ow) if layout == "raw" else (B, ot, oh, ow, c), ctx.device)
-    bar = make_progress(progress, total=B * steps_for(len(plan.tiles((H, W))), T, plan.slice_len))
+    bar = make_progress(o.progress, total=B * steps_for(len(plan.tiles((H, W))), T, plan.slice_len))
     with torch.inference_mode():
         for b in range(B):
             with phase("vae.stem", frames=T):
-                stem_out = _run_stem(graph, latent[b : b + 1], plan, ctx, bar, fault)
+                stem_out = _run_stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault)
             with phase("vae.tiles", tiles=len(plan.tiles((H, W)))):
-                _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, fault)
+                _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, o.fault)
             del stem_out
         with phase("vae.copies"):
             out = sink.finish()
     bar.close()
     return out
+
+
+def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions) -> Plan:
+    budget_bytes = o.budget_bytes if o.budget_bytes is not None else default_budget(ctx.device)
+    return plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len)
+
+
+def decode_plan(vae, latent_shape, options: RunOptions | None = None, **option_changes) -> Plan:
+    """The plan :func:`decode` makes for a latent of ``latent_shape`` with the same options."""
+    o = RunOptions.of(options, **option_changes)
+    return _plan(decoder_graph(vae), latent_shape, o.context(find_module(vae)), o)
 
 
 def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):

@@ -13,18 +13,16 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
-from .adapters import EncoderGraph, build_encoder, cached_graph
-from .planner import ENCODE_BUDGET_CAP, ENCODE_DEFAULT_BUDGET, plan_encode
+from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
+from .planner import plan_encode
 from .progress import make_progress
+from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import context_for, default_budget, element_size
+from .runtime import default_budget, element_size
 from .schedule import frame_loop, steps_for, tile_loop
 from .validate import check_video
 
 log = logging.getLogger("wan_accel")
-
-LAYOUTS = ("raw", "comfy")
-
 
 def encoder_graph(vae) -> EncoderGraph:
     return cached_graph(build_encoder, vae)
@@ -35,32 +33,20 @@ def in_frame(f: int, time_factor: int) -> int:
     return 0 if f == 0 else 1 + time_factor * (f - 1)
 
 
-def encode(
-    vae,
-    video: torch.Tensor,
-    *,
-    layout: str = "raw",
-    budget_bytes: int | None = None,
-    tile: int | None = None,
-    slice_len: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress=None,
-    fault=None,
-    channels_last: bool | None = None,
-    fused_norm: bool | None = None,
-) -> torch.Tensor:
-    """Encode ``video`` with a Wan VAE into the latent mean, (B, C, T', h, w) float32 on the host.
+def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layout: str = "raw",
+           **option_changes) -> torch.Tensor:
+    """Encode ``video`` with a Wan VAE into the latent mean, (B, C, T', h, w) float32 on the host. How
+    it runs: ``options`` and/or the same names as keywords (run_options.RunOptions); ``tile`` is in
+    latent pixels, ``slice_len`` in latent frames (4 input frames each).
 
     ``layout="raw"``: video (B, 3, T, H, W) in [-1, 1] (as the module's encode);
     ``layout="comfy"``: video (B, T, H, W, 3) in [0, 1] (ComfyUI IMAGE frames).
     Frames past the last 1 + 4k are dropped, as ComfyUI's encode does (logged).
-    ``tile`` is in latent pixels, ``slice_len`` in latent frames (4 input frames each).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_layout(layout)
+    o = RunOptions.of(options, **option_changes)
     graph = encoder_graph(vae)
-    ctx = context_for(graph.module, device, dtype, channels_last, fused_norm)
+    ctx = o.context(find_module(vae))
     video = check_video(video, graph.in_channels, graph.space_factor, layout)
     if layout == "comfy":
         B, T, H, W, _ = video.shape
@@ -72,20 +58,19 @@ def encode(
         log.info("wan_accel: encoding %d of %d frames (Wan encodes 1 + %dk frames; the last %d are dropped, as in ComfyUI)",
                  in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
     h, w = H // sf, W // sf
-    if budget_bytes is None:
-        budget_bytes = default_budget(ctx.device, floor=ENCODE_DEFAULT_BUDGET, cap=ENCODE_BUDGET_CAP)
-    plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, tile, slice_len)
+    budget_bytes = o.budget_bytes if o.budget_bytes is not None else default_budget(ctx.device, kind="encode")
+    plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
 
     out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)
     tiles = plan.tiles((h, w))
-    bar = make_progress(progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
+    bar = make_progress(o.progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
     with torch.inference_mode():
         for b in range(B):
             with phase("vae.encode_tiles", tiles=len(tiles)):
-                features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, fault)
+                features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, o.fault)
             with phase("vae.encode_middle", frames=T_lat):
-                _run_tail(graph, features, out, b, plan.slice_len, ctx, bar, fault)
+                _run_tail(graph, features, out, b, plan.slice_len, ctx, bar, o.fault)
             del features
     bar.close()
     return out

@@ -1,16 +1,17 @@
 """Choose tile size and temporal slice length from a VRAM budget.
 
 The memory model simulates one tile step of the op path (decode's upsampling path or
-encode's downsampling path): it sums the causal caches (kt - 1 frames of every conv input at
-that conv's resolution) and the widest activation times ``ACT_FACTOR`` (input, padded buffer,
-output and residual alive together), then scales by a factor measured on the GPU.
+encode's downsampling path): each op adds its own facts (``Op.account``: kt - 1 frames of every
+conv input at that conv's resolution for the causal caches, its widest activation), the widest
+activation counts ``ACT_FACTOR`` times (input, padded buffer, output and residual alive together),
+and the sum is scaled by a factor measured on the GPU.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .ops import AddShortcut, Conv, Op, Seq, StridedDown, TimeDown, TimeUpsample, _children
+from .op_base import CostTally, Seq
 from .rect import Rect
 
 # Calibrated on an H100 (bench/vae_decode.py, bench/vae_encode.py; Wan 2.1 VAE, bf16,
@@ -21,16 +22,6 @@ ENCODE_CALIBRATION = 1.2
 SAFETY = 0.85  # share of the budget the estimate may use
 MIN_TILE = 8  # latent pixels; below this the halo dominates and we stop splitting
 MAX_SLICE = 2  # latent frames; measured: 2 beats 1 by ~15%, 4 is slower than 2
-# Default budgets when the user sets none (runtime.default_budget): a share of the free VRAM, kept
-# between a floor and a cap. Measured warm on an H100 at 81x1216x832 (bench/vae_budget_sweep.py):
-# decode 8.1 s at 2 GiB, 5.4 s at 3, 4.8 s at 6, no faster past that (native 5.4 s, 10.2 GiB);
-# encode 6.2 s at 2 GiB, 4.4 s at 3, 3.5 s at 6, 3.2 s at 12 = whole frames (native 3.3 s, 8.4 GiB).
-# Smaller tiles recompute more halo, so a roomy card buys speed; a tight one keeps the floor.
-FREE_SHARE = 0.25
-DEFAULT_BUDGET = 3 * 2**30  # decode floor
-DECODE_BUDGET_CAP = 6 * 2**30
-ENCODE_DEFAULT_BUDGET = 2 * 2**30  # encode floor: peak 2.0 GiB at 81 frames
-ENCODE_BUDGET_CAP = 12 * 2**30
 
 
 @dataclass(frozen=True)
@@ -45,6 +36,15 @@ class Plan:
     def tiles(self, size: tuple[int, int]) -> list[Rect]:
         return grid(size, self.tile_h, self.tile_w)
 
+    def describe(self, latent_size: tuple[int, int], frames: int, space_factor: int) -> str:
+        """One line for people: tiles and slices in image pixels and latent frames, and the budget."""
+        n = len(self.tiles(latent_size))
+        slices = 1 + -(-(frames - 1) // self.slice_len) if frames > 1 else 1
+        budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes / 2**30:.2f} GiB"
+        return (f"{n} tile{'s' * (n != 1)} of at most {self.tile_h * space_factor}x{self.tile_w * space_factor} px, "
+                f"{slices} slice{'s' * (slices != 1)} of the {frames} latent frames (1, then up to {self.slice_len} "
+                f"each), estimated {self.est_bytes / 2**30:.2f} GiB; {budget} ({self.reason})")
+
 
 def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
     """Near-equal tiles no larger than th x tw covering an image of ``size``, row-major."""
@@ -55,55 +55,15 @@ def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
     return [Rect(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(ny) for j in range(nx)]
 
 
-def _walk_costs(path: Seq, size: tuple[int, int], frames: float) -> tuple[float, float]:
-    """(cache elements, widest activation elements) of one tile step of ``path``."""
-    total_cache, peak_act = 0.0, 0.0
-    state = {"size": size, "frames": frames}
-
-    def visit(op: Op):
-        nonlocal total_cache, peak_act
-        h, w = state["size"]
-        if isinstance(op, Conv):
-            cin, cout = op.module.weight.shape[1], op.module.weight.shape[0]
-            total_cache += (op.kt - 1) * cin * h * w
-            peak_act = max(peak_act, max(cin, cout) * state["frames"] * h * w)
-            return
-        if isinstance(op, (StridedDown, TimeDown)):
-            cin = op.module.weight.shape[1]
-            peak_act = max(peak_act, cin * state["frames"] * h * w)
-            if isinstance(op, TimeDown):
-                total_cache += cin * h * w
-                state["frames"] /= 2
-            else:
-                state["size"] = op.out_size((h, w))
-            return
-        if isinstance(op, TimeUpsample):
-            visit(op.conv)
-            state["frames"] *= 2
-            return
-        if isinstance(op, AddShortcut):  # the shortcut is parameter-free and shares the main's sizes
-            visit(op.main)
-            return
-        kids = _children(op)
-        if kids:
-            for child in kids:
-                visit(child)
-        else:
-            state["size"] = op.out_size((h, w))
-
-    visit(path)
-    return total_cache, peak_act
-
-
 def estimate_bytes(path: Seq, tile_h: int, tile_w: int, slice_len: int, elem: int, in_scale: int = 1,
                    in_frames: int = 1, calibration: float = DECODE_CALIBRATION) -> int:
     """Peak bytes of one tile step of ``path``: a tile of ``tile_h x tile_w`` latent pixels (times
     ``in_scale`` at the path's input, plus its halo) and ``slice_len`` latent frames (times
     ``in_frames`` at the input)."""
     halo = math.ceil(path.halo())
-    size = (tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo)
-    cache, act = _walk_costs(path, size, slice_len * in_frames)
-    return int(calibration * (cache + ACT_FACTOR * act) * elem)
+    tally = CostTally(size=(tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo), frames=slice_len * in_frames)
+    path.account(tally)
+    return int(calibration * (tally.cache + ACT_FACTOR * tally.peak) * elem)
 
 
 def plan_decode(up: Seq, latent_size, frames: int, elem: int, budget_bytes, tile=None, slice_len=None) -> Plan:
@@ -135,6 +95,12 @@ def plan_tiles(
     Candidates are full-width row bands first (their rows land contiguous in the output), then
     square tiles; among those that fit, the one with the least halo overhead and fewest steps.
     """
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be at least 1 latent pixel, got {tile}")
+    if slice_len is not None and slice_len < 1:
+        raise ValueError(f"slice_len must be at least 1 latent frame, got {slice_len}")
+    if budget_bytes is not None and not budget_bytes > 0:
+        raise ValueError(f"budget_bytes must be positive (or None for no budget), got {budget_bytes}")
     H, W = latent_size
     max_slice = max(1, min(MAX_SLICE, frames - 1)) if frames > 1 else 1
     slices = [slice_len] if slice_len else list(range(max_slice, 0, -1))

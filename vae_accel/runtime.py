@@ -8,8 +8,9 @@ import logging
 
 import torch
 
-from .ops import ExecContext, rms_norm_silu
-from .planner import DECODE_BUDGET_CAP, DEFAULT_BUDGET, FREE_SHARE
+from .budget import plan_budget
+from .context import ExecContext
+from .op_layers import rms_norm_silu
 
 log = logging.getLogger("wan_accel")
 _compiled_norm = None
@@ -24,18 +25,10 @@ def free_memory(device: torch.device) -> int | None:
     return int(free + cached_idle)
 
 
-def default_budget(device: torch.device, free: int | None = None, floor: int = DEFAULT_BUDGET,
-                   cap: int = DECODE_BUDGET_CAP, share: float = FREE_SHARE) -> int | None:
-    """The planner's budget when the user sets none: ``share`` of the free memory, at least ``floor``
-    and at most ``cap``, and never more than is free. None on the CPU (no limit).
-
-    Models ComfyUI keeps loaded are already outside "free", and the share leaves the rest of it to
-    them and the sampler; the cap is where more memory stops buying speed (planner.py).
-    """
-    free = free_memory(device) if free is None else free
-    if free is None:
-        return None
-    return int(min(free, max(floor, min(cap, free * share))))
+def default_budget(device: torch.device, free: int | None = None, kind: str = "decode") -> int | None:
+    """The engine's budget for a ``kind`` call when the caller sets none: budget.plan_budget of the
+    memory PyTorch reports free (``free`` overrides it). None on the CPU (no limit)."""
+    return plan_budget(kind, free_memory(device) if free is None else free)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -92,7 +85,8 @@ def _fused_norm():
     return _compiled_norm
 
 
-def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool | None, fused_norm: bool | None) -> ExecContext:
+def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool | None, fused_norm: bool | None,
+                 weights=None) -> ExecContext:
     on_cuda = device.type == "cuda"
     if channels_last is None:
         channels_last = on_cuda
@@ -100,18 +94,19 @@ def make_context(device: torch.device, dtype: torch.dtype, channels_last: bool |
         # Off by default: warm it is 12% faster, but the first decode of a process pays ~8 s of
         # torch.compile (bench/vae_decode_warm.py). WAN_ACCEL_FUSED_NORM=1 turns it on.
         fused_norm = on_cuda and os.environ.get("WAN_ACCEL_FUSED_NORM") == "1" and _triton_available()
-    return ExecContext(device=device, dtype=dtype, channels_last=channels_last, norm_act=_fused_norm() if fused_norm else None)
+    return ExecContext(device=device, dtype=dtype, channels_last=channels_last, norm_act=_fused_norm() if fused_norm else None,
+                       source=weights)
 
 
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def context_for(module: torch.nn.Module, device, dtype, channels_last, fused_norm) -> ExecContext:
+def context_for(module: torch.nn.Module, device, dtype, channels_last, fused_norm, weights=None) -> ExecContext:
     """Execution context on the module's device and dtype unless the caller names others."""
     param = next(module.parameters())
     device = torch.device(device) if device is not None else param.device
-    return make_context(device, dtype or param.dtype, channels_last, fused_norm)
+    return make_context(device, dtype or param.dtype, channels_last, fused_norm, weights)
 
 
 def element_size(dtype: torch.dtype) -> int:

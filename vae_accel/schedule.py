@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..telemetry.phases import note
-from .ops import TileState
+from .context import TileState
 from .rect import Rect
 from .runtime import is_oom, release_memory
 
