@@ -17,14 +17,27 @@ import sys
 from pathlib import Path
 
 
-def boot(comfy_dir: str, *, cpu: bool, dynamic_vram: bool = True, card_total_bytes: int | None = None,
-         extra_argv: tuple = ()) -> dict:
-    """Returns what was set up: {"version", "dynamic_vram" (True/False/None = not in this release),
-    "cuda_malloc", "argv"}; afterwards ``import nodes, execution, folder_paths`` work."""
+def before_torch(argv: list[str]) -> None:
+    """main.py's allocator choice, for a bench script that boots ComfyUI later: call it after importing
+    this module and before anything imports torch (torch >= 2.11 reads PYTORCH_CUDA_ALLOC_CONF when it
+    loads, so ``cuda_malloc`` picking cudaMallocAsync after that fails the first CUDA call). Reads
+    ``--comfy DIR`` from the script's ``argv``; does nothing without it or with ``--cpu-check``."""
+    comfy_dir = None
+    for i, arg in enumerate(argv):
+        if arg == "--comfy" and i + 1 < len(argv):
+            comfy_dir = argv[i + 1]
+        elif arg.startswith("--comfy="):
+            comfy_dir = arg.split("=", 1)[1]
+    if comfy_dir is None or "--cpu-check" in argv or "torch" in sys.modules:
+        return
+    _comfy_args(comfy_dir, ["main.py"])
+    _cuda_malloc()
+
+
+def _comfy_args(comfy_dir: str, argv: list[str]):
     root = str(Path(comfy_dir).resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
-    argv = ["main.py", *extra_argv] + (["--cpu"] if cpu else [])
     saved_argv, sys.argv = sys.argv, argv
     try:
         import comfy.options
@@ -33,14 +46,29 @@ def boot(comfy_dir: str, *, cpu: bool, dynamic_vram: bool = True, card_total_byt
         from comfy.cli_args import args
     finally:
         sys.argv = saved_argv
+    return args
+
+
+def _cuda_malloc() -> None:
+    if importlib.util.find_spec("cuda_malloc") is not None:
+        import cuda_malloc  # noqa: F401  (sets PYTORCH_CUDA_ALLOC_CONF as main.py does, before torch loads)
+
+
+def boot(comfy_dir: str, *, cpu: bool, dynamic_vram: bool = True, card_total_bytes: int | None = None,
+         extra_argv: tuple = ()) -> dict:
+    """Returns what was set up: {"version", "dynamic_vram" (True/False/None = not in this release),
+    "cuda_malloc", "argv"}; afterwards ``import nodes, execution, folder_paths`` work."""
+    argv = ["main.py", *extra_argv] + (["--cpu"] if cpu else [])
+    args = _comfy_args(comfy_dir, argv)
     args.cpu = args.cpu or cpu  # already parsed when something imported comfy.cli_args first
     has_dynamic = hasattr(args, "disable_dynamic_vram")
     if has_dynamic and not dynamic_vram:
         args.disable_dynamic_vram = True
     info = {"argv": argv, "dynamic_vram": None}
-    if importlib.util.find_spec("cuda_malloc") is not None:
-        import cuda_malloc  # noqa: F401  (sets PYTORCH_CUDA_ALLOC_CONF before torch's first CUDA call)
-
+    if "cuda_malloc" in sys.modules or "torch" not in sys.modules:
+        _cuda_malloc()
+    else:  # torch >= 2.11 reads the allocator setting when it loads: choosing one now would crash its first CUDA call
+        info["cuda_malloc"] = "skipped: torch was imported before comfy_boot.before_torch(); native allocator"
     info["alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     aimdo = _aimdo_init(args) if has_dynamic else None
 

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import card as cards
 import comfy_boot
+
+comfy_boot.before_torch(sys.argv[1:])  # before any torch import (models, _common)
 import models
 import run_report
 from _common import load_wan_accel, make_executor

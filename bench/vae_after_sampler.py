@@ -30,6 +30,8 @@ from pathlib import Path
 
 import card as cards
 import comfy_boot
+
+comfy_boot.before_torch(sys.argv[1:])  # before any torch import (models, _common)
 import models
 from _common import error_stats, load_wan_accel, write_json
 from vae_encode import i2v_video, rel_err
