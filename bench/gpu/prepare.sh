@@ -8,7 +8,8 @@
 # .gpu/ ignores itself (.gpu/.gitignore = "*"), so nothing here is ever committed; name it in `carry`.
 # Which wheels, and why (found by running the benches and `main.py` in a Python that had only the GPU
 # image's packages, adding one package at a time until they ran; docs/benchmarks.md):
-#   executor path, 0.8.0 and 0.33: torchsde (+ trampoline), av (comfy_api imports it), comfy-kitchen
+#   executor path, 0.8.0 and 0.33: torchsde (+ trampoline), av (comfy_api imports it; 0.33 needs av 17+ for
+#   av.video.reformatter.ColorPrimaries although its requirements say >= 16), comfy-kitchen
 #   (0.33 imports it unconditionally; its pure-Python wheel, 0.2 MB: eager and Triton backends, no CUDA
 #   backend, which is 58 MB and more than the carry limit allows);
 #   0.33 also: comfy-aimdo (Dynamic VRAM); the 0.33 server (bench/server_memory.py) also: sqlalchemy,
@@ -22,11 +23,11 @@ TARBALLS="${1:-$REPO/../../shared/comfyui}"
 GPU="$REPO/.gpu"
 mkdir -p "$GPU/wheels"
 echo '*' > "$GPU/.gitignore"
-for v in 0.33.0 0.8.0; do
+for v in ${GPU_COMFYUI_VERSIONS:-0.33.0}; do  # 0.8.0 as well pushes the carry over 64 MiB
   cp -u "$TARBALLS/ComfyUI-$v.tar.gz" "$GPU/"
 done
 WHEELS=(
-  comfy-aimdo==0.4.13 torchsde==0.2.6 trampoline==0.1.2 av==16.1.0
+  comfy-aimdo==0.4.13 torchsde==0.2.6 trampoline==0.1.2 av==18.1.0
   sqlalchemy==2.0.44 alembic==1.17.2 mako==1.3.10 pydantic==2.12.5 pydantic-core==2.41.5
   annotated-types==0.7.0 typing-inspection==0.4.2
 )
