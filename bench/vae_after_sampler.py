@@ -128,13 +128,15 @@ def run_case(opts) -> int:
 
 def make_reference(vae32, z, video, path: Path, dev) -> dict:
     """fp32 decode (frames in [0, 1], stored fp16) and fp32 encode of the same inputs, on the whole device."""
-    m = vae32.first_stage_model.to(dev)
+    import torch
+
+    # every weight in float32 on the device: under Dynamic VRAM the VAE keeps its stored (bf16) weights and
+    # casts them per call, and a plain module call would meet a float32 input with a bf16 bias
+    m = vae32.first_stage_model.to(device=dev, dtype=torch.float32)
     t0 = time.perf_counter()
     frames = ((m.decode(z.to(dev)).float().clamp(-1, 1) + 1) / 2).movedim(1, -1).reshape(-1, *video.shape[1:])
     latent = m.encode(video.permute(3, 0, 1, 2)[None].to(dev) * 2 - 1).float()
     path.parent.mkdir(parents=True, exist_ok=True)
-    import torch
-
     torch.save({"frames": frames.half().cpu(), "latent": latent.cpu()}, path)
     return {"reference": str(path), "s": round(time.perf_counter() - t0, 1)}
 
