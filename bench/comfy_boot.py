@@ -50,6 +50,8 @@ def _comfy_args(comfy_dir: str, argv: list[str]):
 
 
 def _cuda_malloc() -> None:
+    if "backend:" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+        return  # chosen already (a parent bench process did it): cuda_malloc would append a second one
     if importlib.util.find_spec("cuda_malloc") is not None:
         import cuda_malloc  # noqa: F401  (sets PYTORCH_CUDA_ALLOC_CONF as main.py does, before torch loads)
 
