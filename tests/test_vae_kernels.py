@@ -66,7 +66,8 @@ def test_subpixel_tiles_read_only_their_need_and_match_every_parity(channels_las
     phases = phase_weights(w)
     if channels_last:
         x = x.contiguous(memory_format=CL)
-    sp = SubPixelConv(Conv(torch.nn.Conv2d(5, 3, 3, padding=1)))
+    conv2d = torch.nn.Conv2d(5, 3, 3, padding=1)  # ops hold their module weakly: the test keeps it alive
+    sp = SubPixelConv(Conv(conv2d))
     rects = [Rect(y0, y1, x0, x1) for y0, y1 in [(0, 14), (0, 3), (1, 6), (2, 9), (5, 14), (13, 14), (3, 4)]
              for x0, x1 in [(0, 18), (0, 1), (1, 8), (4, 11), (7, 18), (17, 18)]]
     for r in rects:
@@ -90,15 +91,16 @@ def test_subpixel_op_matches_engine_ops_and_plans_the_same_rectangles():
     full = Rect(0, H, 0, W)
     for r in [Rect(0, 12, 0, 10), Rect(3, 8, 1, 10), Rect(0, 5, 5, 10), Rect(7, 12, 0, 3), Rect(4, 5, 4, 5)]:
         assert ours.need(r, (H, W)) == engine.need(r, (H, W))
-        assert ours.halo() == engine.halo() and ours.scale() == engine.scale()
+        assert ours.halo() == engine.halo() and ours.space_scale() == engine.space_scale()
         want = engine.run(x, full, r, (H, W), TileState(), ctx)
         got = ours.run(x, full, r, (H, W), TileState(), ctx)
         assert _close(got, want), r
 
 
 def test_subpixel_rejects_other_convs():
+    conv1x1 = torch.nn.Conv2d(4, 2, 1)
     with pytest.raises(ValueError, match="3x3"):
-        SubPixelConv(Conv(torch.nn.Conv2d(4, 2, 1)))
+        SubPixelConv(Conv(conv1x1))
     with pytest.raises(ValueError, match="3x3 Conv2d"):
         phase_weights(torch.zeros(2, 4, 3, 3, 3))
 
@@ -106,10 +108,20 @@ def test_subpixel_rejects_other_convs():
 # ---------------------------------------------------------------- RMS norm + SiLU
 
 
+class GainNorm(torch.nn.Module):
+    """The parameters of Wan's RMS_norm: ``gamma`` (C, 1, 1, 1) and a ``bias`` tensor or 0."""
+
+    def __init__(self, gamma, bias=None):
+        super().__init__()
+        self.gamma = torch.nn.Parameter(gamma.reshape(-1, 1, 1, 1))
+        self.bias = torch.nn.Parameter(bias.reshape(-1, 1, 1, 1)) if bias is not None else 0.0
+
+
 def _engine_norm(x, gamma, bias=None, act=True):
     ctx = ExecContext(torch.device("cpu"), x.dtype)
     r = Rect(0, x.shape[-2], 0, x.shape[-1])
-    return NormAct(gamma, bias, act=act).run(x, r, r, (x.shape[-2], x.shape[-1]), TileState(), ctx)
+    module = GainNorm(gamma, bias)
+    return NormAct(module, act=act).run(x, r, r, (x.shape[-2], x.shape[-1]), TileState(), ctx)
 
 
 @pytest.mark.parametrize("with_bias,act", [(False, True), (True, True), (True, False)])
@@ -141,7 +153,7 @@ def kernel_mode(monkeypatch):
     availability.reset()
 
 
-def _in_interpreter(check: str, timeout: int = 900) -> None:
+def _in_interpreter(check: str, tmp: Path, timeout: int = 900) -> None:
     """Run ``check()`` of this file in a fresh Python with ``TRITON_INTERPRET=1`` set before Triton
     is imported (Triton's own jitted helpers such as ``tl.sum`` only interpret when it was), with
     the torch fallback disabled so a kernel that does not run fails instead of passing silently."""
@@ -149,7 +161,8 @@ def _in_interpreter(check: str, timeout: int = 900) -> None:
         pytest.skip("the Triton kernel tests need triton (pip install triton)")
     tests = str(Path(__file__).resolve().parent)
     code = f"import sys; sys.path.insert(0, {tests!r}); import conftest, {Path(__file__).stem} as t; t.{check}()"
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    # the child's conftest makes its own session folder in TMPDIR: inside tmp, removed with it
+    env = dict(os.environ, TRITON_INTERPRET="1", TMPDIR=str(tmp))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -168,8 +181,8 @@ def _ulps(dtype):
     return {torch.float32: TOL, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
 
 
-def test_triton_norm_equals_torch_on_crops_with_bias_and_add():
-    _in_interpreter("check_triton_norm_equals_torch")
+def test_triton_norm_equals_torch_on_crops_with_bias_and_add(tmp_path):
+    _in_interpreter("check_triton_norm_equals_torch", tmp_path)
 
 
 def check_triton_norm_equals_torch():
@@ -281,8 +294,8 @@ def test_pending_sum_is_added_once_and_crops_materialize():
 
 
 def test_norm_conv_equals_norm_then_causal_conv_across_slices():
-    norm = NormAct(torch.rand(6) + 0.5, None)
-    conv = Conv(torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)))
+    norm_module, conv3d = GainNorm(torch.rand(6) + 0.5, _rand(6, seed=27)), torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1))
+    norm, conv = NormAct(norm_module), Conv(conv3d)
     norm.key, conv.key = 0, 1
     engine, ours = Seq([norm, conv]), NormConv(norm, conv)
     ctx = ExecContext(torch.device("cpu"), torch.float32)
@@ -367,11 +380,11 @@ def test_rewrite_replaces_every_upsample_conv_and_norm_conv():
     assert [b.defer for b in blocks] == [True, True, False] * 3 + [True, True, True]
     assert names[-1] == "NormConv"
     assert [type(op).__name__ for op in graph.up.ops].count("Upsample2x") == 0  # original untouched
-    assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.scale() == graph.up.scale()
+    assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.space_scale() == graph.up.space_scale()
 
 
-def test_accelerated_decode_under_triton_interpreter():
-    _in_interpreter("check_accelerated_decode_on_the_kernels")
+def test_accelerated_decode_under_triton_interpreter(tmp_path):
+    _in_interpreter("check_accelerated_decode_on_the_kernels", tmp_path)
 
 
 def check_accelerated_decode_on_the_kernels():
