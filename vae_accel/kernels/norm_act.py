@@ -13,6 +13,8 @@ place, as ``x.add_(add)`` would) and the norm of that sum, with one read of each
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -57,7 +59,7 @@ def norm_act(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None,
         if t is not None and t.shape != x.shape:
             raise ValueError(f"norm_act: {name} has shape {tuple(t.shape)}, x has {tuple(x.shape)}")
     if not (x.is_cuda or interpreting()):
-        say_once("no CUDA tensors: RMS norm + SiLU on the torch path")
+        say_once("no CUDA tensors: RMS norm + SiLU on the torch path", logging.DEBUG)
         return norm_act_torch(x, g, bias, act=act, add=add, out=out)
     triton_kernel = triton_module(KERNEL)
     if triton_kernel is None:
