@@ -227,6 +227,7 @@ def test_missing_triton_falls_back_with_one_log_line(kernel_mode, monkeypatch, c
     assert all(_close(y, norm_act_torch(x, g)) for y in outs)
     lines = [r.getMessage() for r in caplog.records if "Triton unavailable" in r.getMessage()]
     assert len(lines) == 1 and "torch path" in lines[0]
+    assert availability.paths_taken() == {"norm_act": {"torch (no Triton)": 3}}  # what benches report
 
 
 def test_kernel_failure_disables_it_with_one_warning(kernel_mode, monkeypatch, caplog):
@@ -242,6 +243,7 @@ def test_kernel_failure_disables_it_with_one_warning(kernel_mode, monkeypatch, c
     assert all(_close(y, norm_act_torch(x, g)) for y in outs)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "PTX for this GPU failed" in warnings[0].getMessage()
+    assert availability.paths_taken() == {"norm_act": {"torch (Triton failed)": 1, "torch (no Triton)": 1}}
 
 
 def _ptxas_available() -> bool:
