@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from wan_accel.vae_accel.kernels import availability
-from wan_accel.vae_accel.kernels.fused import NormConv, PendingSum
+from wan_accel.vae_accel.kernels.fused import FusedResBlock, NormConv, PendingSum
 from wan_accel.vae_accel.kernels.norm_act import norm_act, norm_act_torch
 from wan_accel.vae_accel.kernels.rewrite import KernelChoice, accelerate_graph
 from wan_accel.vae_accel.kernels.subpixel import SubPixelConv, phase_weights, subpixel_conv
@@ -66,7 +66,8 @@ def test_subpixel_tiles_read_only_their_need_and_match_every_parity(channels_las
     phases = phase_weights(w)
     if channels_last:
         x = x.contiguous(memory_format=CL)
-    sp = SubPixelConv(Conv(torch.nn.Conv2d(5, 3, 3, padding=1)))
+    conv2d = torch.nn.Conv2d(5, 3, 3, padding=1)  # ops hold their module weakly: the test keeps it alive
+    sp = SubPixelConv(Conv(conv2d))
     rects = [Rect(y0, y1, x0, x1) for y0, y1 in [(0, 14), (0, 3), (1, 6), (2, 9), (5, 14), (13, 14), (3, 4)]
              for x0, x1 in [(0, 18), (0, 1), (1, 8), (4, 11), (7, 18), (17, 18)]]
     for r in rects:
@@ -90,15 +91,16 @@ def test_subpixel_op_matches_engine_ops_and_plans_the_same_rectangles():
     full = Rect(0, H, 0, W)
     for r in [Rect(0, 12, 0, 10), Rect(3, 8, 1, 10), Rect(0, 5, 5, 10), Rect(7, 12, 0, 3), Rect(4, 5, 4, 5)]:
         assert ours.need(r, (H, W)) == engine.need(r, (H, W))
-        assert ours.halo() == engine.halo() and ours.scale() == engine.scale()
+        assert ours.halo() == engine.halo() and ours.space_scale() == engine.space_scale()
         want = engine.run(x, full, r, (H, W), TileState(), ctx)
         got = ours.run(x, full, r, (H, W), TileState(), ctx)
         assert _close(got, want), r
 
 
 def test_subpixel_rejects_other_convs():
+    conv1x1 = torch.nn.Conv2d(4, 2, 1)
     with pytest.raises(ValueError, match="3x3"):
-        SubPixelConv(Conv(torch.nn.Conv2d(4, 2, 1)))
+        SubPixelConv(Conv(conv1x1))
     with pytest.raises(ValueError, match="3x3 Conv2d"):
         phase_weights(torch.zeros(2, 4, 3, 3, 3))
 
@@ -106,10 +108,20 @@ def test_subpixel_rejects_other_convs():
 # ---------------------------------------------------------------- RMS norm + SiLU
 
 
+class GainNorm(torch.nn.Module):
+    """The parameters of Wan's RMS_norm: ``gamma`` (C, 1, 1, 1) and a ``bias`` tensor or 0."""
+
+    def __init__(self, gamma, bias=None):
+        super().__init__()
+        self.gamma = torch.nn.Parameter(gamma.reshape(-1, 1, 1, 1))
+        self.bias = torch.nn.Parameter(bias.reshape(-1, 1, 1, 1)) if bias is not None else 0.0
+
+
 def _engine_norm(x, gamma, bias=None, act=True):
     ctx = ExecContext(torch.device("cpu"), x.dtype)
     r = Rect(0, x.shape[-2], 0, x.shape[-1])
-    return NormAct(gamma, bias, act=act).run(x, r, r, (x.shape[-2], x.shape[-1]), TileState(), ctx)
+    module = GainNorm(gamma, bias)
+    return NormAct(module, act=act).run(x, r, r, (x.shape[-2], x.shape[-1]), TileState(), ctx)
 
 
 @pytest.mark.parametrize("with_bias,act", [(False, True), (True, True), (True, False)])
@@ -141,7 +153,7 @@ def kernel_mode(monkeypatch):
     availability.reset()
 
 
-def _in_interpreter(check: str, timeout: int = 900) -> None:
+def _in_interpreter(check: str, tmp: Path, timeout: int = 900) -> None:
     """Run ``check()`` of this file in a fresh Python with ``TRITON_INTERPRET=1`` set before Triton
     is imported (Triton's own jitted helpers such as ``tl.sum`` only interpret when it was), with
     the torch fallback disabled so a kernel that does not run fails instead of passing silently."""
@@ -149,7 +161,8 @@ def _in_interpreter(check: str, timeout: int = 900) -> None:
         pytest.skip("the Triton kernel tests need triton (pip install triton)")
     tests = str(Path(__file__).resolve().parent)
     code = f"import sys; sys.path.insert(0, {tests!r}); import conftest, {Path(__file__).stem} as t; t.{check}()"
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    # the child's conftest makes its own session folder in TMPDIR: inside tmp, removed with it
+    env = dict(os.environ, TRITON_INTERPRET="1", TMPDIR=str(tmp))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -168,8 +181,8 @@ def _ulps(dtype):
     return {torch.float32: TOL, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
 
 
-def test_triton_norm_equals_torch_on_crops_with_bias_and_add():
-    _in_interpreter("check_triton_norm_equals_torch")
+def test_triton_norm_equals_torch_on_crops_with_bias_and_add(tmp_path):
+    _in_interpreter("check_triton_norm_equals_torch", tmp_path)
 
 
 def check_triton_norm_equals_torch():
@@ -214,6 +227,7 @@ def test_missing_triton_falls_back_with_one_log_line(kernel_mode, monkeypatch, c
     assert all(_close(y, norm_act_torch(x, g)) for y in outs)
     lines = [r.getMessage() for r in caplog.records if "Triton unavailable" in r.getMessage()]
     assert len(lines) == 1 and "torch path" in lines[0]
+    assert availability.paths_taken() == {"norm_act": {"torch (no Triton)": 3}}  # what benches report
 
 
 def test_kernel_failure_disables_it_with_one_warning(kernel_mode, monkeypatch, caplog):
@@ -229,6 +243,7 @@ def test_kernel_failure_disables_it_with_one_warning(kernel_mode, monkeypatch, c
     assert all(_close(y, norm_act_torch(x, g)) for y in outs)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "PTX for this GPU failed" in warnings[0].getMessage()
+    assert availability.paths_taken() == {"norm_act": {"torch (Triton failed)": 1, "torch (no Triton)": 1}}
 
 
 def _ptxas_available() -> bool:
@@ -281,8 +296,8 @@ def test_pending_sum_is_added_once_and_crops_materialize():
 
 
 def test_norm_conv_equals_norm_then_causal_conv_across_slices():
-    norm = NormAct(torch.rand(6) + 0.5, None)
-    conv = Conv(torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)))
+    norm_module, conv3d = GainNorm(torch.rand(6) + 0.5, _rand(6, seed=27)), torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1))
+    norm, conv = NormAct(norm_module), Conv(conv3d)
     norm.key, conv.key = 0, 1
     engine, ours = Seq([norm, conv]), NormConv(norm, conv)
     ctx = ExecContext(torch.device("cpu"), torch.float32)
@@ -305,7 +320,7 @@ def accelerated_decode(monkeypatch):
     original = decode_module.decoder_graph
 
     def use(choice: KernelChoice = KernelChoice()):
-        monkeypatch.setattr(decode_module, "decoder_graph", lambda vae: accelerate_graph(original(vae), choice))
+        monkeypatch.setattr(decode_module, "decoder_graph", lambda vae, kernels=None: accelerate_graph(original(vae, False), choice))
         return decode_module.decode
 
     return use
@@ -342,7 +357,7 @@ def test_accelerated_encode_is_exact(monkeypatch):
 
     encode_module = sys.modules["wan_accel.vae_accel.encode"]
     original = encode_module.encoder_graph
-    monkeypatch.setattr(encode_module, "encoder_graph", lambda vae: accelerate_graph(original(vae)))
+    monkeypatch.setattr(encode_module, "encoder_graph", lambda vae, kernels=None: accelerate_graph(original(vae, False)))
     model = wan21()
     x = _rand(1, 3, 5, 24, 32, seed=26).clamp(-1, 1)
     with torch.no_grad():
@@ -367,23 +382,111 @@ def test_rewrite_replaces_every_upsample_conv_and_norm_conv():
     assert [b.defer for b in blocks] == [True, True, False] * 3 + [True, True, True]
     assert names[-1] == "NormConv"
     assert [type(op).__name__ for op in graph.up.ops].count("Upsample2x") == 0  # original untouched
-    assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.scale() == graph.up.scale()
+    assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.space_scale() == graph.up.space_scale()
 
 
-def test_accelerated_decode_under_triton_interpreter():
-    _in_interpreter("check_accelerated_decode_on_the_kernels")
+def test_accelerated_decode_under_triton_interpreter(tmp_path):
+    _in_interpreter("check_accelerated_decode_on_the_kernels", tmp_path)
 
 
 def check_accelerated_decode_on_the_kernels():
-    """The whole path on the kernel itself: channels-last buffers, Triton norms, sub-pixel convs."""
-    import wan_accel.vae_accel  # noqa: F401
+    """The default decode on the kernel itself: channels-last buffers, Triton norms, sub-pixel convs."""
     from wan_fixtures import reference_decode, wan21
 
+    from wan_accel.vae_accel import decode
+
     _kernel_only()
-    decode_module = sys.modules["wan_accel.vae_accel.decode"]
-    original = decode_module.decoder_graph
-    decode_module.decoder_graph = lambda vae: accelerate_graph(original(vae))
     model, z = wan21(), _rand(1, 16, 2, 3, 4, seed=25)
     ref = reference_decode(model, z)
-    out = decode_module.decode(model, z, slice_len=1, channels_last=True, progress=False).clamp(-1, 1)
+    out = decode(model, z, slice_len=1, channels_last=True, progress=False).clamp(-1, 1)
     assert (out - ref).abs().max().item() <= TOL
+
+
+# ---------------------------------------------------------------- the default path
+
+
+KERNEL_OPS = (SubPixelConv, NormConv, FusedResBlock)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts of each kernel op's runs (a decode or encode that ran on the plain ops counts none)."""
+    counts = {cls.__name__: 0 for cls in KERNEL_OPS}
+    for cls in KERNEL_OPS:
+        real = cls.run
+
+        def run(self, *args, _real=real, _name=cls.__name__):
+            counts[_name] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(cls, "run", run)
+    return counts
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_default_decode_runs_the_kernels_and_equals_the_plain_ops(version, kernel_calls):
+    """No option needed: the engine's own graph is the rewritten one (so the exactness tests of
+    test_vae_decode.py run on it); ``kernels=False`` runs the plain ops, planned the same."""
+    from wan_fixtures import reference_decode, wan21, wan22
+
+    from wan_accel.vae_accel import decode, decode_plan
+
+    model = wan21() if version == "2.1" else wan22()
+    z = _rand(1, model.config.z_dim, 3, 5, 4, seed=28)
+    fast = decode(model, z, tile=3, slice_len=2, progress=False)
+    assert all(kernel_calls[cls.__name__] > 0 for cls in KERNEL_OPS), kernel_calls
+    before = dict(kernel_calls)
+    plain = decode(model, z, tile=3, slice_len=2, kernels=False, progress=False)
+    assert kernel_calls == before  # the plain ops only
+    assert (fast - plain).abs().max().item() <= TOL
+    assert (fast.clamp(-1, 1) - reference_decode(model, z)).abs().max().item() <= TOL
+    for shape in [(1, model.config.z_dim, 21, 104, 152), (1, model.config.z_dim, 5, 9, 10)]:
+        for budget in (2**28, 2**31, None):
+            assert decode_plan(model, shape, budget_bytes=budget) == decode_plan(model, shape, budget_bytes=budget, kernels=False)
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_default_encode_runs_the_kernels_and_equals_the_plain_ops(version, kernel_calls):
+    from wan_fixtures import wan21, wan22
+
+    from wan_accel.vae_accel import encode
+
+    model = wan21() if version == "2.1" else wan22()
+    x = _rand(1, 3, 9, 48, 32, seed=29).clamp(-1, 1)
+    fast = encode(model, x, tile=2, slice_len=1, progress=False)
+    assert kernel_calls["NormConv"] > 0 and kernel_calls["FusedResBlock"] > 0, kernel_calls
+    before = dict(kernel_calls)
+    plain = encode(model, x, tile=2, slice_len=1, kernels=False, progress=False)
+    assert kernel_calls == before
+    with torch.no_grad():
+        ref = model.encode(x).latent_dist.mean
+    assert (fast - plain).abs().max().item() <= TOL and (fast - ref).abs().max().item() <= TOL
+
+
+def test_a_vae_run_on_the_kernels_is_still_collected():
+    """The rewritten graph is cached per VAE like the plain one, and like it holds the VAE's modules only
+    weakly (issue 10's leak): even while the graphs themselves are still held, the VAE and every one of
+    its modules die with their owner; the graph then says so instead of running on freed weights."""
+    import gc
+    import weakref
+
+    from diffusers import AutoencoderKLWan
+
+    from wan_accel.vae_accel import decode, encode
+    from wan_accel.vae_accel.decode import decoder_graph
+    from wan_accel.vae_accel.encode import encoder_graph
+
+    model = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]).eval()  # not the session's cached ones
+    refs = [weakref.ref(m) for m in model.modules()]
+    decode(model, torch.randn(1, 16, 2, 4, 4), tile=2, slice_len=1, channels_last=True, progress=False)
+    encode(model, torch.rand(1, 3, 5, 32, 32) * 2 - 1, tile=2, slice_len=1, progress=False)
+    graphs = [decoder_graph(model), encoder_graph(model)]
+    subpixel = next(op for op in graphs[0].up.ops if isinstance(op, SubPixelConv))  # the rewritten graph is cached
+    assert any(isinstance(op, FusedResBlock) for op in graphs[1].down.ops)
+    del model
+    gc.collect()
+    alive = [type(r()).__name__ for r in refs if r() is not None]
+    assert not alive, f"the rewritten graphs kept {len(alive)} of the VAE's modules alive: {sorted(set(alive))}"
+    with pytest.raises(ReferenceError, match="no longer exists"):
+        subpixel.conv.module

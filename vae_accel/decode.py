@@ -17,6 +17,7 @@ import torch
 from ..telemetry.phases import phase
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
+from .kernels.rewrite import accelerated
 from .planner import Plan, plan_decode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
@@ -28,8 +29,9 @@ from .validate import check_latent
 
 log = logging.getLogger("wan_accel")
 
-def decoder_graph(vae) -> DecoderGraph:
-    return cached_graph(build_decoder, vae)
+def decoder_graph(vae, kernels: bool | None = None) -> DecoderGraph:
+    """The cached graph :func:`decode` runs: rewritten with the fast kernels unless ``kernels`` is False."""
+    return cached_graph(build_decoder if kernels is False else accelerated(build_decoder), vae)
 
 
 def out_frame(f: int, time_factor: int) -> int:
@@ -47,7 +49,7 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     """
     check_layout(layout)
     o = RunOptions.of(options, **option_changes)
-    graph = decoder_graph(vae)
+    graph = decoder_graph(vae, o.kernels)
     ctx = o.context(find_module(vae))
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
@@ -80,7 +82,7 @@ def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions) -> Plan:
 def decode_plan(vae, latent_shape, options: RunOptions | None = None, **option_changes) -> Plan:
     """The plan :func:`decode` makes for a latent of ``latent_shape`` with the same options."""
     o = RunOptions.of(options, **option_changes)
-    return _plan(decoder_graph(vae), latent_shape, o.context(find_module(vae)), o)
+    return _plan(decoder_graph(vae, o.kernels), latent_shape, o.context(find_module(vae)), o)
 
 
 def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):

@@ -14,6 +14,7 @@ import torch
 
 from ..telemetry.phases import phase
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
+from .kernels.rewrite import accelerated
 from .planner import plan_encode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
@@ -24,8 +25,9 @@ from .validate import check_video
 
 log = logging.getLogger("wan_accel")
 
-def encoder_graph(vae) -> EncoderGraph:
-    return cached_graph(build_encoder, vae)
+def encoder_graph(vae, kernels: bool | None = None) -> EncoderGraph:
+    """The cached graph :func:`encode` runs: rewritten with the fast kernels unless ``kernels`` is False."""
+    return cached_graph(build_encoder if kernels is False else accelerated(build_encoder), vae)
 
 
 def in_frame(f: int, time_factor: int) -> int:
@@ -45,7 +47,7 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     """
     check_layout(layout)
     o = RunOptions.of(options, **option_changes)
-    graph = encoder_graph(vae)
+    graph = encoder_graph(vae, o.kernels)
     ctx = o.context(find_module(vae))
     video = check_video(video, graph.in_channels, graph.space_factor, layout)
     if layout == "comfy":

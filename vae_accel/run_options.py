@@ -28,7 +28,10 @@ class RunOptions:
     the compiled norm+SiLU (default: channels-last on CUDA; fused norm only with
     WAN_ACCEL_FUSED_NORM=1). ``weights`` (context.WeightSource) hands out each conv's weights for one
     use at a time (the bridge passes ComfyUI's own cast); by default the module's own tensors are moved
-    to the device once and kept for the run."""
+    to the device once and kept for the run. ``kernels``: run the op graph rewritten with the exact fast
+    kernels (kernels.rewrite: sub-pixel upsampling convs, RMS norm + SiLU written into the causal conv's
+    buffer with the residual add fused in, by Triton on CUDA, else torch); None (default) and True: on,
+    False: the plain ops (benches compare the two)."""
 
     budget_bytes: int | None = None
     tile: int | None = None
@@ -40,6 +43,7 @@ class RunOptions:
     channels_last: bool | None = None
     fused_norm: bool | None = None
     weights: WeightSource | None = None
+    kernels: bool | None = None
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **changes) -> "RunOptions":

@@ -12,6 +12,24 @@ import os
 log = logging.getLogger("wan_accel")
 _said: set = set()
 _modules: dict = {}
+_paths: dict = {}  # (kernel, path taken) -> calls: what really ran, for benches and tests
+
+
+def count(kernel: str, path: str) -> None:
+    key = (kernel, path)
+    _paths[key] = _paths.get(key, 0) + 1
+
+
+def paths_taken() -> dict:
+    """{kernel: {path: calls}} since the last :func:`reset_counts` (e.g. ``{"norm_act": {"triton": 812}}``)."""
+    out: dict = {}
+    for (kernel, path), n in _paths.items():
+        out.setdefault(kernel, {})[path] = n
+    return out
+
+
+def reset_counts() -> None:
+    _paths.clear()
 
 
 def interpreting() -> bool:
@@ -47,3 +65,4 @@ def reset() -> None:
     """Forget decisions (tests that switch the interpreter or fake a missing Triton)."""
     _said.clear()
     _modules.clear()
+    _paths.clear()

@@ -49,11 +49,14 @@ class PendingSum:
 
 
 def norm_params(norm: NormAct, ctx: ExecContext):
-    """(gamma * sqrt(C), bias) as float32 vectors on the device, once per run."""
+    """(gamma * sqrt(C), bias) as float32 vectors on the device, once per run. Read through the op's
+    weak module reference: the graph (and this memo, which dies with the run) never keeps the VAE alive."""
 
     def make():
-        g = norm.gamma.detach().reshape(-1).to(ctx.device, torch.float32) * norm.scale_
-        b = norm.bias.detach().reshape(-1).to(ctx.device, torch.float32) if isinstance(norm.bias, torch.Tensor) else None
+        module = norm.norm_ref()
+        g = module.gamma.detach().reshape(-1).to(ctx.device, torch.float32) * norm.scale_
+        bias = getattr(module, "bias", None)
+        b = bias.detach().reshape(-1).to(ctx.device, torch.float32) if isinstance(bias, torch.Tensor) else None
         return g, b
 
     return memo(ctx, ("norm", norm.key), make)
@@ -70,6 +73,9 @@ class NormConv(Op):
         # the conv over the already-assembled buffer: same weights and key, no causal concatenation
         self.body = copy.copy(conv)
         self.body.kt = 1
+
+    def children(self):
+        return [self.norm, self.conv]
 
     def need(self, out: Rect, size) -> Rect:
         return self.conv.need(out, size)
@@ -113,6 +119,9 @@ class FusedResBlock(Op):
     def __init__(self, main: Seq, shortcut: Op | None, defer: bool):
         self.main, self.shortcut, self.defer = main, shortcut, defer
         self.accepts_pending = accepts_pending(main.ops[0])
+
+    def children(self):
+        return [self.main] + ([self.shortcut] if self.shortcut is not None else [])
 
     def need(self, out, size):
         return self.main.need(out, size)

@@ -13,10 +13,12 @@ place, as ``x.add_(add)`` would) and the norm of that sum, with one read of each
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
-from .availability import disable, interpreting, say_once, triton_module
+from .availability import count, disable, interpreting, say_once, triton_module
 
 EPS_SQUARED = 1e-24  # F.normalize's eps (1e-12) on the norm, squared
 KERNEL = "norm_act_triton"
@@ -57,10 +59,12 @@ def norm_act(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None,
         if t is not None and t.shape != x.shape:
             raise ValueError(f"norm_act: {name} has shape {tuple(t.shape)}, x has {tuple(x.shape)}")
     if not (x.is_cuda or interpreting()):
-        say_once("no CUDA tensors: RMS norm + SiLU on the torch path")
+        say_once("no CUDA tensors: RMS norm + SiLU on the torch path", logging.DEBUG)
+        count("norm_act", "torch (no CUDA)")
         return norm_act_torch(x, g, bias, act=act, add=add, out=out)
     triton_kernel = triton_module(KERNEL)
     if triton_kernel is None:
+        count("norm_act", "torch (no Triton)")
         return norm_act_torch(x, g, bias, act=act, add=add, out=out)
     fmt = torch.channels_last_3d if x.stride(1) == 1 else torch.contiguous_format
     dest = out if out is not None else torch.empty_like(x, memory_format=fmt)
@@ -70,5 +74,7 @@ def norm_act(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None,
         triton_kernel.launch(x, g, bias, add, dest, act)
     except Exception as exc:  # a Triton that cannot compile for this GPU must not stop a decode
         disable(KERNEL, exc)
+        count("norm_act", "torch (Triton failed)")
         return norm_act_torch(x, g, bias, act=act, add=add, out=out)
+    count("norm_act", "triton")
     return dest

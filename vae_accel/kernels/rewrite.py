@@ -80,3 +80,19 @@ def accelerate_graph(graph, choice: KernelChoice = KernelChoice()):
     """A copy of a ``DecoderGraph`` / ``EncoderGraph`` with every op path (its ``Seq`` fields) rewritten."""
     paths = {f.name: accelerate(getattr(graph, f.name), choice) for f in fields(graph) if isinstance(getattr(graph, f.name), Seq)}
     return replace(graph, **paths)
+
+
+_accelerated_builders: dict = {}
+
+
+def accelerated(build):
+    """``build`` (adapters.build_decoder / build_encoder) followed by :func:`accelerate_graph`, as one
+    function that is the same object on every call: the graph cache (adapters.cached_graph) keys on it,
+    so the rewritten graph is built once per VAE and, like every cached graph, holds the VAE only weakly."""
+    if build not in _accelerated_builders:
+        def build_accelerated(vae):
+            return accelerate_graph(build(vae))
+
+        build_accelerated.__name__ = f"accelerated_{build.__name__}"
+        _accelerated_builders[build] = build_accelerated
+    return _accelerated_builders[build]

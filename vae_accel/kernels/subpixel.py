@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fractions import Fraction
+
 from ..ops import Conv, ExecContext, Op, TileState
 from ..rect import Rect, crop
 from .memo import memo
@@ -118,6 +120,9 @@ class SubPixelConv(Op):
         self.conv = conv
         self.key = conv.key
 
+    def children(self):
+        return [self.conv]
+
     def out_size(self, size):
         return size[0] * 2, size[1] * 2
 
@@ -127,17 +132,24 @@ class SubPixelConv(Op):
     def halo(self) -> float:
         return 0.5  # one pixel of the 3x3 kernel at the doubled resolution
 
-    def scale(self) -> int:
-        return 2
+    def space_scale(self) -> Fraction:
+        return Fraction(2)
+
+    def account(self, tally) -> None:
+        # the planner's model of what it replaces (the upsample, then the conv at twice the size), so a
+        # graph plans the same with and without the kernels
+        tally.size = self.out_size(tally.size)
+        self.conv.account(tally)
 
     def run(self, x: torch.Tensor, have: Rect, out: Rect, size, st: TileState, ctx: ExecContext) -> torch.Tensor:
-        module = self.conv.module
-
         def weights(y0: int, x0: int):
             def make():
-                phases = phase_weights(module.weight.detach().to(ctx.device))
-                bias = module.bias.detach().to(ctx.device, torch.float32) if module.bias is not None else None
-                w, b = stacked_weights(phases, bias, y0, x0)
+                # through the run's weight source (ComfyUI's cast in the bridge), held only for the fold;
+                # the folded phases (16/9 of the 3x3 weight) are kept for this run only
+                with ctx.weights(self.key, self.conv.module, as_3d=True) as (w3, b3):
+                    phases = phase_weights(w3.squeeze(2))
+                    bias = b3.float() if b3 is not None else None
+                    w, b = stacked_weights(phases, bias, y0, x0)
                 w = w.to(ctx.dtype)
                 if ctx.channels_last:
                     w = w.contiguous(memory_format=torch.channels_last_3d)
