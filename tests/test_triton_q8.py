@@ -414,3 +414,128 @@ def test_bench_small_writes_results(tmp_path):
     assert all("ms" in c for c in configs), [c for c in configs if "ms" not in c]
     assert res["triton_q8"]["best"]["verified"] and res["triton_q8"]["autotune"]["verified"]
     assert "cosine" in res["triton_q8"]["structured"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry backend: listed with its status, declines, verification, fallback, auto
+# ---------------------------------------------------------------------------------------------
+def _comfy_call(ov, q, k, v, heads):
+    """Call an override the way ComfyUI's wrap_attn does ((B, L, H*D) tensors)."""
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ComfyUI's own attention ran")
+    return ov(must_not_run, q, k, v, heads=heads, _inside_attn_wrapper=True, transformer_options={})
+
+
+def _blhd(b, length, heads, d, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, length, heads * d, generator=g).to(dtype)
+
+
+@pytest.fixture
+def interpreted_backend(q8, monkeypatch):
+    """The registered ``triton_q8`` backend, allowed to run its interpreted kernels on CPU tensors."""
+    from wan_accel.attention import backends
+
+    b = backends.get("triton_q8")
+    backends.reset_probes()
+    monkeypatch.setattr(b, "devices", ("cuda", "cpu"))
+    monkeypatch.setattr(b, "probe", lambda: None)
+    monkeypatch.setenv(tune.CONFIG_ENV, "64,64,4,2")
+    monkeypatch.setenv(q8.MIN_KV_ENV, "64")
+    yield b
+    backends.reset_probes()
+
+
+def test_registered_with_its_status_and_doc():
+    from wan_accel.attention import backends
+    from wan_accel.attention import triton_q8 as kernel
+
+    backends.reset_probes()
+    assert "triton_q8" in backends.names() and backends.names().index("triton_q8") < backends.names().index("auto")
+    b = backends.get("triton_q8")
+    assert b.low_precision and b.devices == ("cuda",) and b.doc == kernel.DOC and b.package == "triton"
+    if not torch.cuda.is_available():
+        assert backends.statuses()["triton_q8"].startswith(("not usable here", "not installed"))
+        assert "triton_q8" not in backends.available()
+
+
+def test_registry_declines_with_reasons(interpreted_backend, monkeypatch):
+    b = interpreted_backend
+    assert b.reason_not_to_run(_call(lk=512, d=64)) is None  # MIN_KV is 64 here
+    assert "head dim 96" in b.unsupported_reason(_call(d=96))
+    assert "float32" in b.unsupported_reason(_call(dtype=torch.float32))
+    assert "mask" in b.unsupported_reason(_call(mask=torch.zeros(2048, 2048)))
+    assert "attn_precision=float32" in b.unsupported_reason(_call(precision=torch.float32))
+    monkeypatch.delenv("WAN_ACCEL_TRITON_Q8_MIN_KV")
+    assert "512 keys" in b.unsupported_reason(_call(lk=512))  # Wan's text cross-attention
+    full = AttnCall.from_args((torch.zeros(1, 2048, 128, dtype=torch.bfloat16),) * 3 + (2,),
+                              {"low_precision_attention": False})
+    assert "full precision" in b.unsupported_reason(full)  # Wan's i2v image cross-attention (ComfyUI 0.33+)
+    monkeypatch.setattr(b, "devices", ("cuda",))
+    assert "does not run on cpu" in b.unsupported_reason(_call())
+
+
+def test_runs_verified_through_the_dispatcher(interpreted_backend, caplog):
+    from wan_accel.attention import AttentionOverride
+
+    ov = AttentionOverride("triton_q8", fallback="sdpa")
+    q, k, v = (_blhd(1, 150, 2, 64, seed=s) for s in range(3))
+    out = _comfy_call(ov, q, k, v, 2)
+    assert ov.last_used == "triton_q8" and ov.verified[("triton_q8", AttnCall.from_args((q, k, v, 2), {}).key())]
+    ref = reference(*(t.view(1, 150, 2, 64).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(1, 150, 128)
+    assert_close(out, ref, ("int8", "fp8"))
+
+
+def test_short_keys_and_failed_verification_fall_back_logged_once(interpreted_backend, monkeypatch, caplog):
+    """The fallback serves the call; the reason is logged on the first call of the shape, never again."""
+    import logging
+
+    from wan_accel.attention import AttentionOverride
+
+    def lines(text):
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    ov = AttentionOverride("triton_q8", fallback="sdpa")
+    q = _blhd(1, 150, 2, 64)
+    kv = _blhd(1, 40, 2, 64, seed=1)  # 40 keys < MIN_KV 64
+    with caplog.at_level(logging.INFO, logger="wan_accel.attention"):
+        _comfy_call(ov, q, kv, kv, 2)
+        first = len(lines("40 keys"))
+        for _ in range(2):
+            _comfy_call(ov, q, kv, kv, 2)
+    assert ov.last_used == "sdpa" and ov.counts == {"sdpa": 3}
+    assert first >= 1 and len(lines("40 keys")) == first
+
+    caplog.clear()
+    monkeypatch.setattr(interpreted_backend, "run", lambda call: torch.zeros_like(call.q))  # a wrong kernel
+    k = _blhd(1, 150, 2, 64, seed=2)
+    with caplog.at_level(logging.INFO, logger="wan_accel.attention"):
+        for _ in range(3):
+            _comfy_call(ov, q, k, k, 2)
+    assert ov.last_used == "sdpa" and ov.counts["sdpa"] == 6
+    warnings = [r for r in lines("triton_q8 failed verification") if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+
+
+def test_auto_ranks_it(interpreted_backend, monkeypatch):
+    from wan_accel.attention import AttentionOverride, AutoTuner
+
+    tuner = AutoTuner(reps=1, candidates=("sdpa_math", "triton_q8"))
+    ov = AttentionOverride("auto", fallback="sdpa", tuner=tuner)
+    q, k, v = (_blhd(1, 130, 2, 64, seed=s) for s in range(3))
+    _comfy_call(ov, q, k, v, 2)
+    table = next(iter(tuner.results.values()))
+    assert isinstance(table["triton_q8"], dict) and table["triton_q8"]["cosine"] > 0.999
+    assert ov.last_used in ("sdpa_math", "triton_q8")
+    monkeypatch.setattr(interpreted_backend, "run", lambda call: torch.zeros_like(call.q))
+    tuner.clear()
+    _comfy_call(AttentionOverride("auto", fallback="sdpa", tuner=tuner), q, k, v, 2)
+    assert "failed verification" in next(iter(tuner.results.values()))["triton_q8"]
+
+
+def test_reset_probes_forgets_the_tuned_configs(q8):
+    from wan_accel.attention import backends
+
+    q8.TUNER.picks["k"] = Config(64, 64, 4, 2)
+    backends.reset_probes()
+    assert not q8.TUNER.picks
