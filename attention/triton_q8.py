@@ -27,18 +27,17 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 
 import torch
 
+from .contract import AttnCall
 from .triton_q8_tune import MAX_BLOCK_N, Config, Tuner, candidates, length_class, time_ms
+from .verify import compare, reference_rows
 
-if TYPE_CHECKING:
-    from .contract import AttnCall
-
-DOC = ("ours: Triton kernel, 8-bit Q·K (INT8, per-token scales, K smoothed) and FP8 P·V with float32 "
-       "accumulation (16-bit P·V before sm89); configs tuned per GPU")
+DOC = ("ours: Triton kernel, 8-bit Q·K (INT8, per-token scales, K smoothed) and FP8 or 16-bit P·V with "
+       "float32 accumulation; launch configs and the P·V kind tuned per GPU among those that pass verification "
+       "(FP8 P·V needs sm89+); declines masks and short contexts (< 1024 keys)")
 DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
 MIN_CAPABILITY = (8, 0)
@@ -111,7 +110,17 @@ def kinds(capability: tuple[int, int] | None) -> tuple[str, str]:
     return qk, pv
 
 
-def unsupported_reason(call: "AttnCall") -> str | None:
+def pv_choices(capability: tuple[int, int] | None, pv: str | None = None) -> tuple[str, ...]:
+    """The P·V kinds the tuner may pick from, preferred first: ``pv`` or ``WAN_ACCEL_TRITON_Q8_PV`` when
+    given; on an FP8 GPU FP8 then 16-bit (FP8 is taken only where its output passes the check); else
+    16-bit. The CPU interpreter runs the preferred kind only."""
+    preferred = pv or kinds(capability)[1]
+    if pv or os.environ.get(PV_ENV) or capability is None or preferred == "16bit":
+        return (preferred,)
+    return (preferred, "16bit")
+
+
+def unsupported_reason(call: AttnCall) -> str | None:
     """None when ``triton_q8`` takes the call; otherwise why not, in one line."""
     dev = call.device
     if dev.type != "cuda" and not (dev.type == "cpu" and interpreted()):
@@ -138,7 +147,7 @@ def unsupported_reason(call: "AttnCall") -> str | None:
     return None
 
 
-def run(call: "AttnCall") -> torch.Tensor:
+def run(call: AttnCall) -> torch.Tensor:
     return attention(call.q, call.k, call.v)
 
 
@@ -212,13 +221,14 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def tune_key(q: torch.Tensor, k: torch.Tensor, qk: str, pv: str, capability) -> str:
+def tune_key(q: torch.Tensor, k: torch.Tensor, qk: str, pv_kinds: tuple[str, ...], capability) -> str:
     import triton
 
     b, h, lq, d = q.shape
     name = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
-    return (f"{KERNEL_VERSION}|{name}|sm{capability[0]}{capability[1]}|triton {triton.__version__}|d{d}|"
-            f"{qk}/{pv}|bh{length_class(b * h)}|lq{length_class(lq)}|lk{length_class(k.shape[2])}")
+    arch = f"sm{capability[0]}{capability[1]}" if capability else "interpreter"
+    return (f"{KERNEL_VERSION}|{name}|{arch}|triton {triton.__version__}|d{d}|"
+            f"{qk}/{'+'.join(pv_kinds)}|bh{length_class(b * h)}|lq{length_class(lq)}|lk{length_class(k.shape[2])}")
 
 
 def scratch_budget_bytes() -> int:
@@ -236,35 +246,63 @@ def heads_per_chunk(b: int, h: int, lk: int, d: int, pv_fp8: bool) -> int:
     return max(1, min(h, scratch_budget_bytes() // per_head))
 
 
+def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, qk: str,
+                 pv_kinds: tuple[str, ...], capability) -> Config:
+    """The launch config (with its P·V kind) for this call's shape class: the tuner's pick among the
+    candidates whose output on these heads passes the dispatcher's accuracy check."""
+    qk_fp8 = qk == "fp8"
+    quantised: dict[str, QuantKV] = {}
+    reference = None
+
+    def run_one(cfg: Config):
+        pv_fp8 = cfg.pv == "fp8"
+        if cfg.pv not in quantised:
+            quantised.clear()  # candidates come grouped by kind: one kind's scratch at a time
+            quantised[cfg.pv] = quantize_kv(k, v, qk_fp8, pv_fp8)
+        return launch_attention(q, quantised[cfg.pv], out, cfg, qk_fp8, pv_fp8, capability)
+
+    def check(cfg: Config) -> str | None:
+        nonlocal reference
+        run_one(cfg)  # compiles it, too
+        if reference is None:
+            reference = reference_rows(AttnCall(q, k, v, q.shape[1], None, None, False, False))
+        verdict = compare(out, *reference)
+        return None if verdict.ok else verdict.describe()
+
+    cands = [c if c.pv else replace(c, pv=pv_kinds[0]) for c in candidates(capability, q.shape[-1], pv_kinds)]
+    cfg = TUNER.pick(tune_key(q, k, qk, pv_kinds, capability), cands, lambda c: time_ms(lambda: run_one(c)), check)
+    return cfg if cfg.pv else replace(cfg, pv=pv_kinds[0])
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, qk: str | None = None, pv: str | None = None,
               config: Config | None = None) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(D)) v for (B, H, L, D) tensors (views welcome); returns (B, H, Lq, D), a view
-    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds; ``config`` skips tuning. Heads
-    go through in chunks whose quantised K/V fit ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (the result does
-    not depend on the chunking: every scale is per batch and head)."""
+    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds (``config.pv``, when set, wins
+    over ``pv``); ``config`` skips tuning. Heads go through in chunks whose quantised K/V fit
+    ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (the result does not depend on the chunking: every scale is per
+    batch and head); the tuner runs its candidates on the first chunk."""
     b, h, lq, d = q.shape
     capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
-    default_qk, default_pv = kinds(capability)
-    qk, pv = qk or default_qk, pv or default_pv
-    if qk not in QK_KINDS or pv not in PV_KINDS:
+    default_qk, _ = kinds(capability)
+    qk = qk or default_qk
+    if qk not in QK_KINDS or (pv is not None and pv not in PV_KINDS):
         raise ValueError(f"triton_q8 kinds qk={qk!r} pv={pv!r}: expected {QK_KINDS} and {PV_KINDS}")
+    pv_kinds = pv_choices(capability, pv)
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     out = torch.empty((b, lq, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     if lq == 0:
         return out
-    qk_fp8, pv_fp8 = qk == "fp8", pv == "fp8"
-    step = heads_per_chunk(b, h, k.shape[2], d, pv_fp8)
+    qk_fp8 = qk == "fp8"
+    step = heads_per_chunk(b, h, k.shape[2], d, "fp8" in pv_kinds)
+    if config is None:
+        first = slice(0, min(h, step))
+        config = tuned_config(q[:, first], k[:, first], v[:, first], out[:, first], qk, pv_kinds, capability)
+    elif not config.pv:
+        config = replace(config, pv=pv_kinds[0])
+    pv_fp8 = config.pv == "fp8"
     for h0 in range(0, h, step):
         heads = slice(h0, min(h, h0 + step))
-        q_c, out_c = q[:, heads], out[:, heads]
         kv = quantize_kv(k[:, heads], v[:, heads], qk_fp8, pv_fp8)
-        if config is None:
-            def measure(cfg: Config) -> float:
-                launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability)  # compile and warm up
-                return time_ms(lambda: launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability))
-
-            cands = candidates(capability, d)
-            config = TUNER.pick(tune_key(q, k, qk, pv, capability), cands, measure) if capability else cands[0]
-        launch_attention(q_c, kv, out_c, config, qk_fp8, pv_fp8, capability)
+        launch_attention(q[:, heads], kv, out[:, heads], config, qk_fp8, pv_fp8, capability)
         del kv  # the next chunk reuses the memory (same stream)
     return out

@@ -333,6 +333,10 @@ CANDS = [Config(128, 128, 8, 2, use_tma=True), Config(128, 64, 4, 3), Config(64,
 FAKE_MS = {CANDS[0]: 5.0, CANDS[1]: 3.0, CANDS[2]: 4.0}
 
 
+def passes(cfg):
+    return None
+
+
 @pytest.fixture
 def cache_file(tmp_path, monkeypatch):
     path = tmp_path / "tune.json"
@@ -346,12 +350,12 @@ def test_tuner_picks_the_fastest_once_and_persists(cache_file):
     calls = []
     measure = lambda c: calls.append(c) or FAKE_MS[c]  # noqa: E731
     tuner = Tuner()
-    assert tuner.pick("gpu|shape", CANDS, measure) == CANDS[1]
+    assert tuner.pick("gpu|shape", CANDS, measure, passes) == CANDS[1]
     assert calls == CANDS and tuner.timings["gpu|shape"][CANDS[1].label()] == 3.0
-    assert tuner.pick("gpu|shape", CANDS, measure) == CANDS[1] and len(calls) == 3
+    assert tuner.pick("gpu|shape", CANDS, measure, passes) == CANDS[1] and len(calls) == 3
     assert json.loads(cache_file.read_text())["gpu|shape"]["block_n"] == 64
     fresh = Tuner()  # another process: reads the file, times nothing
-    assert fresh.pick("gpu|shape", CANDS, lambda c: pytest.fail("timed again")) == CANDS[1]
+    assert fresh.pick("gpu|shape", CANDS, lambda c: pytest.fail("timed again"), passes) == CANDS[1]
 
 
 def test_tuner_skips_failing_candidates(cache_file):
@@ -361,24 +365,24 @@ def test_tuner_skips_failing_candidates(cache_file):
         return FAKE_MS[c]
 
     tuner = Tuner()
-    assert tuner.pick("k", CANDS, measure) == CANDS[1]
+    assert tuner.pick("k", CANDS, measure, passes) == CANDS[1]
     assert "out of shared memory" in tuner.timings["k"][CANDS[0].label()]
-    with pytest.raises(RuntimeError, match="out of shared memory"):  # nothing left to pick
-        tuner.pick("k2", [CANDS[0], CANDS[0]], measure)
+    with pytest.raises(tune.NoVerifiedConfig, match="out of shared memory"):  # nothing left to pick
+        tuner.pick("k2", [CANDS[0], CANDS[0]], measure, passes)
 
 
 def test_tuner_ignores_a_corrupt_cache(cache_file, caplog):
     cache_file.write_text("{not json")
-    assert Tuner().pick("k", CANDS, FAKE_MS.__getitem__) == CANDS[1]
+    assert Tuner().pick("k", CANDS, FAKE_MS.__getitem__, passes) == CANDS[1]
     assert "ignoring the tuning cache" in caplog.text
     assert "k" in json.loads(cache_file.read_text())
 
 
 def test_tuner_env_overrides(cache_file, monkeypatch):
     monkeypatch.setenv(tune.AUTOTUNE_ENV, "0")
-    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed")) == CANDS[0]
-    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws")
-    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed")) == Config(64, 128, 8, 3, True, True)
+    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes) == CANDS[0]
+    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws,pv=16bit")
+    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes) == Config(64, 128, 8, 3, True, True, "16bit")
     monkeypatch.setenv(tune.CACHE_ENV, "")
     assert tune.cache_path() is None
 
@@ -395,6 +399,52 @@ def test_candidates_and_length_classes():
     assert not any(c.use_tma for c in tune.candidates((8, 9), 128))
     assert tune.candidates(None, 64) == [Config(64, 64, 4, 2)]
     assert [tune.length_class(n) for n in (1, 512, 513, 82992)] == [1, 512, 1024, 131072]
+
+
+def test_tuner_never_picks_a_config_that_failed_verification(cache_file, monkeypatch):
+    """The fastest candidate gives a wrong output: it is not picked, not cached, not saved, whatever
+    the mode (timed, untimed first-that-passes, forced by the env var)."""
+    fastest = CANDS[1]
+    check = lambda c: "cosine 0.5" if c == fastest else None  # noqa: E731
+    tuner = Tuner()
+    assert tuner.pick("k", CANDS, FAKE_MS.__getitem__, check) == CANDS[2]
+    assert tuner.timings["k"][fastest.label()] == "failed verification: cosine 0.5"
+    assert json.loads(cache_file.read_text())["k"]["block_m"] == 64
+    with pytest.raises(tune.NoVerifiedConfig, match="failed verification"):
+        tuner.pick("k2", [fastest], FAKE_MS.__getitem__, check)
+    assert "k2" not in tuner.picks and "k2" not in json.loads(cache_file.read_text())
+    monkeypatch.setenv(tune.AUTOTUNE_ENV, "0")
+    assert Tuner().pick("k3", [fastest, CANDS[0]], lambda c: pytest.fail("timed"), check) == CANDS[0]
+    monkeypatch.setenv(tune.CONFIG_ENV, "128,64,4,3")  # = fastest
+    with pytest.raises(tune.NoVerifiedConfig):
+        Tuner().pick("k4", CANDS, FAKE_MS.__getitem__, check)
+    assert "k4" not in json.loads(cache_file.read_text())
+
+
+def test_attention_tunes_among_verified_outputs_only(q8, monkeypatch, cache_file):
+    """Through the kernel: a candidate whose output is wrong and that times fastest loses to a right one."""
+    broken, good = Config(32, 64, 4, 2), Config(64, 64, 4, 2)
+    monkeypatch.setattr(q8, "candidates", lambda cap, d, kinds: [broken, good])
+    real = q8.launch_attention
+
+    def launch(q, kv, out, cfg, *args):
+        compiled = real(q, kv, out, cfg, *args)
+        if cfg.block_m == broken.block_m:
+            out.mul_(-1)
+        return compiled
+
+    monkeypatch.setattr(q8, "launch_attention", launch)
+    timed = []
+    monkeypatch.setattr(q8, "time_ms", lambda fn, reps=3: (fn(), timed.append(1), float(len(timed)))[2])
+    q8.reset()
+    q, k, v = comfy_qkv(1, 2, 70, 70, 64, torch.bfloat16, seed=11)
+    out = q8.attention(q, k, v)
+    (key, pick), = q8.TUNER.picks.items()
+    assert pick.block_m == good.block_m and pick.pv == q8.kinds(None)[1]
+    labels = {c.split("_pv")[0]: r for c, r in q8.TUNER.timings[key].items()}
+    assert labels[broken.label()].startswith("failed verification") and isinstance(labels[good.label()], float)
+    assert_close(out, reference(q, k, v), q8.kinds(None))
+    q8.reset()
 
 
 # ---------------------------------------------------------------------------------------------
