@@ -4,10 +4,12 @@
   every key moves by the same vector; it takes out the channel offsets that would waste the 8-bit
   range), then each token of Q and K gets its own scale: INT8 by default, FP8 e4m3 where INT8 is
   slow (``WAN_ACCEL_TRITON_Q8_QK``). Products are exact in int32 (or float32) and scaled once.
-- **P·V in FP8** (sm89+): V minus its per-channel mean (added back at the end), one e4m3 scale per
-  channel; P is stored as P*448 in e4m3; each key block's product starts from zero and is added to a
-  float32 accumulator (Hopper's FP8 MMA keeps ~22 bits). On older GPUs (or
-  ``WAN_ACCEL_TRITON_Q8_PV=16bit``) P is cast to V's dtype and V is read in place.
+- **P·V in FP8** (sm89+): V minus its per-channel mean where that mean is a real offset (>= 1 % of
+  the channel's range; added back at the end), one e4m3 scale per channel; P is stored as P*448 in
+  e4m3; each key block's product starts from zero and is added to a float32 accumulator (Hopper's
+  FP8 MMA keeps ~22 bits). 16-bit P·V (the only kind before sm89; a tuning candidate after, and the
+  pick wherever FP8's output fails the check; or ``WAN_ACCEL_TRITON_Q8_PV=16bit``) casts P to V's
+  dtype and reads V in place.
 - **Layout.** Q, K, V are read through their strides (ComfyUI's ``(B, L, H*D)`` as ``(B, H, L, D)``
   views: no copies); the output is written straight into a ``(B, L, H, D)`` buffer, so the caller's
   reshape back to ``(B, L, H*D)`` is free. Scratch: K and V in 8 bits (one byte per element each,
@@ -51,6 +53,9 @@ INT8_SLOW = {(10, 3)}  # Blackwell Ultra: INT8 tensor throughput cut; FP8 is the
 QUANT_BLOCK = 64  # tokens per program of the K/V quantisation
 MEAN_SAMPLES = 4096  # tokens the K and V means are taken over (any vector works; only the range matters)
 E4M3_MAX = 448.0
+# smallest |mean| / (max - min) of a V channel that is subtracted before FP8: at 1 % of the range the
+# shift is >= 4.5 e4m3 units of the scaled values, several times a bf16 input's spacing there
+V_SMOOTH_MIN = 0.01
 LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # batch * heads is the grid's second axis
 SCRATCH_ENV = "WAN_ACCEL_TRITON_Q8_SCRATCH_MB"
@@ -97,7 +102,8 @@ def min_kv_len() -> int | None:
 
 
 def kinds(capability: tuple[int, int] | None) -> tuple[str, str]:
-    """(Q·K kind, P·V kind) for a GPU (``None``: the CPU interpreter), unless the env vars say."""
+    """(Q·K kind, preferred P·V kind) for a GPU (``None``: the CPU interpreter), unless the env vars say;
+    :func:`pv_choices` lists the P·V kinds the tuner may pick from."""
     qk = os.environ.get(QK_ENV) or ("fp8" if capability in INT8_SLOW else "int8")
     pv = os.environ.get(PV_ENV) or ("fp8" if capability is None or capability >= (8, 9) else "16bit")
     if qk not in QK_KINDS:
@@ -176,9 +182,14 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool) ->
     k8 = torch.empty((b, h, lkp, d), device=k.device, dtype=torch.float8_e4m3fn if qk_fp8 else torch.int8)
     k_scale = torch.empty((b, h, lkp), device=k.device, dtype=torch.float32)
     if pv_fp8:
-        v_mean = v[:, :, ::step].mean(dim=2, dtype=torch.float32).contiguous()
-        v_min, v_max = torch.aminmax(v, dim=2)
-        amax = torch.maximum(v_max.float() - v_mean, v_mean - v_min.float()).clamp_min(1e-20)
+        v_min, v_max = (t.float() for t in torch.aminmax(v, dim=2))
+        v_mean = v[:, :, ::step].mean(dim=2, dtype=torch.float32)
+        # a channel's mean is subtracted only when it is a real offset: a shift far below the spacing
+        # of the (bf16) inputs moves almost none of them across an e4m3 rounding boundary, so the
+        # 8-bit values ignore it while the kernel adds it back exactly (a bias the size of the output
+        # of diffuse attention; see test_value_mean_below_the_input_grid_is_not_subtracted)
+        v_mean = torch.where(v_mean.abs() >= V_SMOOTH_MIN * (v_max - v_min), v_mean, 0.0).contiguous()
+        amax = torch.maximum(v_max - v_mean, v_mean - v_min).clamp_min(1e-20)
         v_inv = (E4M3_MAX / amax).contiguous()
         v_scale = (amax / E4M3_MAX).contiguous()
         v_out = torch.empty((b, h, d, lkp), device=v.device, dtype=torch.float8_e4m3fn)

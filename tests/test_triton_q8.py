@@ -150,6 +150,27 @@ def test_dominant_keys_do_not_overflow(q8):
         assert_close(out, ref, kinds)
 
 
+def test_value_mean_below_the_input_grid_is_not_subtracted(q8):
+    """The FP8 P·V accuracy bug of the first GPU run (cosine 0.9985 at Wan 14B on random bf16 inputs):
+    V's per-channel mean over 83k random tokens is tiny next to the spacing of bf16 inputs, so
+    subtracting it moves almost no input across an e4m3 rounding boundary; the quantised values
+    ignore the shift while the mean is added back exactly, biasing each channel by its own mean --
+    about the size of the signal when attention is spread over many keys. Here the same at 257 keys:
+    uniform attention (q = 0) over pairs +w, -w and one token of 0.5, so the exact output is
+    0.5 / 257 per channel, a shift of 0.2 e4m3 steps. With the mean subtracted anyway the output
+    comes out near twice that."""
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(128, 64, generator=g).clamp(-3.5, 3.5)
+    w[0] = 4.0  # every channel's range is exactly +-4: 0.5 lands on the e4m3 grid (56 of 448)
+    v = torch.cat([w, -w, torch.full((1, 64), 0.5)]).reshape(1, 1, 257, 64).bfloat16()
+    k = torch.randn(1, 1, 257, 64, generator=g).bfloat16()
+    q = torch.zeros(1, 1, 64, 64, dtype=torch.bfloat16)
+    out = q8.attention(q, k, v, qk="int8", pv="fp8", config=Config(64, 64, 4, 2))
+    ref = reference(q, k, v)
+    assert_close(out, ref, ("int8", "fp8"))
+    torch.testing.assert_close(out.double(), ref, rtol=2 ** -7, atol=0)
+
+
 @pytest.mark.parametrize("pv", ["fp8", "16bit"])
 def test_small_attention_weights_keep_their_precision(q8, pv):
     """A tail of keys at 1e-3 and 1e-4 of the top weight, carrying +w and -w: FP8 P·V stores P*448,
@@ -271,9 +292,13 @@ def test_kinds_per_gpu_and_overrides(q8, monkeypatch):
     assert q8.kinds((8, 6)) == ("int8", "16bit")  # Ampere: no FP8 tensor cores
     assert q8.kinds((8, 9)) == ("int8", "fp8") and q8.kinds((9, 0)) == ("int8", "fp8")
     assert q8.kinds((10, 3)) == ("fp8", "fp8")
+    # the tuner's P·V candidates: FP8 first where the GPU has it, 16-bit as the verified alternative
+    assert q8.pv_choices((9, 0)) == ("fp8", "16bit") and q8.pv_choices((8, 6)) == ("16bit",)
+    assert q8.pv_choices(None) == ("fp8",) and q8.pv_choices((9, 0), "16bit") == ("16bit",)
+    assert {c.pv for c in tune.candidates((9, 0), 128, q8.pv_choices((9, 0)))} == {"fp8", "16bit"}
     monkeypatch.setenv(q8.PV_ENV, "16bit")
     monkeypatch.setenv(q8.QK_ENV, "fp8")
-    assert q8.kinds((9, 0)) == ("fp8", "16bit")
+    assert q8.kinds((9, 0)) == ("fp8", "16bit") and q8.pv_choices((9, 0)) == ("16bit",)
     with pytest.raises(ValueError, match="FP8 needs compute capability"):
         q8.kinds((8, 6))
     monkeypatch.setenv(q8.QK_ENV, "int4")
