@@ -60,7 +60,7 @@ LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # batch * heads is the grid's second axis
 SCRATCH_ENV = "WAN_ACCEL_TRITON_Q8_SCRATCH_MB"
 DEFAULT_SCRATCH_MB = 512  # 8-bit K and V of ~24 heads at Wan 14B's 82,992 tokens
-KERNEL_VERSION = "q8v1"  # part of the tuning cache key: bump when the kernels change
+KERNEL_VERSION = "q8v2"  # part of the tuning cache key: bump when the kernels change
 
 TUNER = Tuner()
 
@@ -216,6 +216,8 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         k_arg = TensorDescriptor(kv.k8, [b * h * kv.padded_len, d], [d, 1], [cfg.block_n, d])
         if pv_fp8:
             v_arg = TensorDescriptor(kv.v, [b * h * d, kv.padded_len], [kv.padded_len, 1], [d, cfg.block_n])
+        else:  # the caller's V in place (TMA wants 16-byte strides, which ComfyUI's layouts have)
+            v_arg = TensorDescriptor(kv.v, list(kv.v.shape), list(kv.v.stride()), [1, 1, cfg.block_n, d])
     v_strides = (0, 0, 0) if pv_fp8 else (kv.v.stride(0), kv.v.stride(1), kv.v.stride(2))
     # Ada (and anything but Hopper, where it is Triton's default) would fold the add into the MMA
     pv_imprecise = cfg.block_n if pv_fp8 and capability is not None and capability != (9, 0) else 0

@@ -161,11 +161,14 @@ def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, 
             pv = tl.dot(p8, v)
         acc = acc * alpha[:, None] + pv
     else:
-        v_ptrs = V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vl + offs_d[None, :]
-        if MASK:
-            v = tl.load(v_ptrs, mask=(keys < LK)[:, None], other=0.0)
+        if USE_TMA:  # a (B, H, L, D) descriptor over the caller's strided V: keys past L read as zeros
+            v = V.load([b.to(tl.int32), h.to(tl.int32), start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         else:
-            v = tl.load(v_ptrs)
+            v_ptrs = V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vl + offs_d[None, :]
+            if MASK:
+                v = tl.load(v_ptrs, mask=(keys < LK)[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs)
         p16 = p.to(v.dtype)
         if INTERPRETED:
             acc = tl.dot(p16.to(tl.float32), v.to(tl.float32), acc * alpha[:, None])
