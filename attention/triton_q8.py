@@ -216,8 +216,12 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         k_arg = TensorDescriptor(kv.k8, [b * h * kv.padded_len, d], [d, 1], [cfg.block_n, d])
         if pv_fp8:
             v_arg = TensorDescriptor(kv.v, [b * h * d, kv.padded_len], [kv.padded_len, 1], [d, cfg.block_n])
-        else:  # the caller's V in place (TMA wants 16-byte strides, which ComfyUI's layouts have)
-            v_arg = TensorDescriptor(kv.v, list(kv.v.shape), list(kv.v.stride()), [1, 1, cfg.block_n, d])
+        else:  # the caller's V in place when TMA can address it (16-byte aligned start and strides)
+            v16 = kv.v
+            size = v16.element_size()
+            if v16.data_ptr() % 16 or any(st * size % 16 for st in v16.stride()[:-1]):
+                v16 = v16.contiguous()
+            v_arg = TensorDescriptor(v16, list(v16.shape), list(v16.stride()), [1, 1, cfg.block_n, d])
     v_strides = (0, 0, 0) if pv_fp8 else (kv.v.stride(0), kv.v.stride(1), kv.v.stride(2))
     # Ada (and anything but Hopper, where it is Triton's default) would fold the add into the MMA
     pv_imprecise = cfg.block_n if pv_fp8 and capability is not None and capability != (9, 0) else 0

@@ -482,12 +482,15 @@ def test_bench_small_writes_results(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "triton_q8.py"), "--small", "--shapes", "tiny",
                            "--out", str(out)], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())["shapes"]["tiny"]
-    assert res["sdpa"]["default"]["verified"]
+    data = json.loads(out.read_text())
+    res = data["shapes"]["tiny"]
+    assert res["sdpa"]["default"]["verified"] and res["sdpa_best_ms"] > 0
     configs = res["triton_q8"]["configs"]
-    assert {(c["qk"], c["pv"]) for c in configs} >= set(KINDS)
-    assert all("ms" in c for c in configs), [c for c in configs if "ms" not in c]
-    assert res["triton_q8"]["best"]["verified"] and res["triton_q8"]["autotune"]["verified"]
+    assert {(c["qk"], c["pv"]) for c in configs} >= set(KINDS) and len(configs) == len(data["grid"])
+    assert all({"ms", "tflops", "cosine", "rel_error", "verified", "auto_would_pick"} <= set(c) for c in configs), configs
+    assert all(c["auto_would_pick"] == (c["verified"] and c["ms"] < res["sdpa_best_ms"]) for c in configs)
+    runtime = res["triton_q8"]["runtime"]
+    assert res["triton_q8"]["best"]["verified"] and runtime["verified"] and runtime["picks"]
     assert "cosine" in res["triton_q8"]["structured"]
 
 
