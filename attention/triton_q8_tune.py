@@ -38,16 +38,17 @@ class Config:
     use_tma: bool = False  # Hopper+: K and V tiles through tensor descriptors (TMA)
     warp_specialize: bool = False  # Triton's warp specialisation of the key loop (Blackwell first)
     pv: str = ""  # P·V product: "fp8", "16bit", or "" for the GPU's first kind
+    i2f_add: bool = False  # INT8 Q·K: int32 scores to float32 by an integer add (no conversion instruction)
 
     def label(self) -> str:
         extra = ("_tma" if self.use_tma else "") + ("_ws" if self.warp_specialize else "")
-        extra += f"_pv{self.pv}" if self.pv else ""
+        extra += ("_i2fadd" if self.i2f_add else "") + (f"_pv{self.pv}" if self.pv else "")
         return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{extra}"
 
     @classmethod
     def parse(cls, text: str) -> "Config":
-        """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation, ``pv=16bit`` or
-        ``pv=fp8`` fixes the P·V kind)."""
+        """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation, ``i2fadd`` the
+        conversion by addition, ``pv=16bit`` or ``pv=fp8`` fixes the P·V kind)."""
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
             block_m, block_n, warps, stages = (int(p) for p in parts[:4])
@@ -55,11 +56,11 @@ class Config:
             raise ValueError(f"{CONFIG_ENV}={text!r}: expected BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws][,pv=16bit]"
                              ) from None
         flags = set(parts[4:])
-        known = {"tma", "ws", "pv=fp8", "pv=16bit"}
+        known = {"tma", "ws", "i2fadd", "pv=fp8", "pv=16bit"}
         if flags - known:
             raise ValueError(f"{CONFIG_ENV}={text!r}: unknown flags {sorted(flags - known)} (known: {', '.join(sorted(known))})")
         pv = "fp8" if "pv=fp8" in flags else "16bit" if "pv=16bit" in flags else ""
-        cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags, pv)
+        cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags, pv, "i2fadd" in flags)
         cfg.check()
         return cfg
 

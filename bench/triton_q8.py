@@ -5,7 +5,8 @@
 
 q/k/v are random bf16 in ComfyUI's (B, L, H*D) layout viewed as (B, H, L, D) (B 1, 40 heads, head dim
 128). Per shape, in one process: SDPA (PyTorch's choice, cuDNN, flash) as the anchor, then every config
-of a small fixed grid (launch shape x P·V kind, plus FP8 Q·K and no-TMA controls), each warmed up
+of a small fixed grid (launch shape x P·V kind, scores converted by addition, warp specialisation,
+FP8 Q·K and no-TMA controls), each warmed up
 once (compile) then timed with CUDA events (median of --reps). Per config: ms, TFLOP/s
 (4*B*H*Lq*Lk*D / t), cosine / relative L2 / max abs against float32 SDPA on 1024 query rows spread
 over the sequence (the dispatcher's own check), ``verified`` (cosine >= 0.999 and rel <= 0.05),
@@ -15,7 +16,7 @@ and faster than SDPA, i.e. ``auto`` would rank ``triton_q8`` first if its tuner 
 each compiled kernel, the quantisation pass alone and the accuracy on structured inputs (keys and
 values with per-channel offsets). Per shape ``runtime``: the kernel as it runs in ComfyUI (fresh
 tuning cache): its pick, the first call's seconds, ms and check. The grid is timed shape by shape in
---deadline-s (default 270 s; an H200 needs about 3 minutes for the three shapes); configs past the
+--deadline-s (default 270 s; an H200 should need 3 to 4 minutes for the three shapes); configs past the
 deadline are listed as skipped, and the JSON is rewritten after every shape.
 """
 from __future__ import annotations
@@ -46,22 +47,26 @@ SHAPES = {  # name: (batch, query tokens, key tokens)
 SMALL_SHAPES = {"tiny": (1, 200, 200), "tiny_long": (1, 64, 1100)}
 
 
-def grid(capability, small: bool) -> list[tuple[str, str, tuple]]:
-    """(Q·K kind, P·V kind, (block_m, block_n, warps, stages, tma, ws)) to time at every shape."""
+def grid(capability, small: bool) -> list[tuple[str, str, "Config"]]:
+    """(Q·K kind, P·V kind, launch config) to time at every shape."""
+    from wan_accel.attention.triton_q8_tune import Config
+
     if small:
-        return [(qk, pv, (64, 64, 4, 2, tma, False)) for qk, pv, tma in
-                (("int8", "fp8", False), ("int8", "16bit", True), ("fp8", "fp8", False))]
-    hopper = capability >= (9, 0)
+        return [("int8", "fp8", Config(64, 64, 4, 2)), ("int8", "16bit", Config(64, 64, 4, 2, use_tma=True)),
+                ("fp8", "fp8", Config(64, 64, 4, 2)), ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True))]
     pvs = ["fp8", "16bit"] if capability >= (8, 9) else ["16bit"]
-    if hopper:
+    if capability >= (9, 0):
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3),
                   (64, 128, 4, 2)]
-        out = [("int8", pv, (*s, True, False)) for pv in pvs for s in shapes]
-        out += [("int8", pv, (128, 128, 8, 3, True, True)) for pv in pvs]  # warp specialisation
-        out += [("int8", "16bit", (128, 128, 8, 3, False, False)), ("fp8", "fp8", (128, 128, 8, 3, True, False))]
-        return out
+        out = [("int8", pv, Config(*s, use_tma=True)) for pv in pvs for s in shapes]
+        for pv in pvs:  # scores converted by addition; warp specialisation
+            out += [("int8", pv, Config(128, 128, 8, 3, use_tma=True, i2f_add=True)),
+                    ("int8", pv, Config(128, 64, 8, 3, use_tma=True, i2f_add=True)),
+                    ("int8", pv, Config(128, 128, 8, 3, use_tma=True, warp_specialize=True))]
+        return out + [("int8", "16bit", Config(128, 128, 8, 3)), ("fp8", "fp8", Config(128, 128, 8, 3, use_tma=True))]
     shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (128, 128, 8, 2)]
-    return [("int8", pv, (*s, False, False)) for pv in pvs for s in shapes]
+    return ([("int8", pv, Config(*s)) for pv in pvs for s in shapes]
+            + [("int8", pv, Config(128, 64, 4, 3, i2f_add=True)) for pv in pvs])
 
 
 def extra_peak_gib(fn, device: torch.device) -> float | None:
@@ -225,7 +230,6 @@ def main() -> None:
     import triton
 
     from wan_accel.attention import triton_q8
-    from wan_accel.attention.triton_q8_tune import Config
 
     device = torch.device("cpu" if a.small else "cuda")
     shapes = SMALL_SHAPES if a.small else SHAPES
@@ -233,7 +237,7 @@ def main() -> None:
     heads, d = (2, 64) if a.small else (HEADS, HEAD_DIM)
     reps = a.reps or (1 if a.small else 3)
     capability = torch.cuda.get_device_capability() if device.type == "cuda" else None
-    configs = [(qk, pv, Config(*c)) for qk, pv, c in grid(capability, a.small)]
+    configs = grid(capability, a.small)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (TRITON_INTERPRET=1)",
               "capability": capability, "torch": torch.__version__, "triton": triton.__version__,
               "default_kinds": triton_q8.kinds(capability), "pv_choices": triton_q8.pv_choices(capability),

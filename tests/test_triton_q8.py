@@ -150,6 +150,19 @@ def test_dominant_keys_do_not_overflow(q8):
         assert_close(out, ref, kinds)
 
 
+@pytest.mark.parametrize("pv", ["fp8", "16bit"])
+def test_int8_scores_converted_by_addition_are_exact(q8, pv):
+    """``i2f_add`` turns the int32 scores into float32 by an integer add: the same output bit for bit,
+    also at the largest possible score (every product 127 * 127)."""
+    q, k, v = comfy_qkv(1, 2, 100, 150, 64, torch.bfloat16, seed=13)
+    q[:, :, :5] = 3.0  # rows that quantise to all 127 ...
+    k[:, :, :7] = 2.0  # ... against keys that do too: the score is 64 * 127 * 127 (K's mean moves it a bit)
+    plain = q8.attention(q, k, v, qk="int8", pv=pv, config=Config(64, 64, 4, 2))
+    added = q8.attention(q, k, v, qk="int8", pv=pv, config=Config(64, 64, 4, 2, i2f_add=True))
+    assert torch.equal(plain, added)
+    assert_close(added, reference(q, k, v), ("int8", pv))
+
+
 def test_value_mean_below_the_input_grid_is_not_subtracted(q8):
     """The FP8 P·V accuracy bug of the first GPU run (cosine 0.9985 at Wan 14B on random bf16 inputs):
     V's per-channel mean over 83k random tokens is tiny next to the spacing of bf16 inputs, so
@@ -406,8 +419,9 @@ def test_tuner_ignores_a_corrupt_cache(cache_file, caplog):
 def test_tuner_env_overrides(cache_file, monkeypatch):
     monkeypatch.setenv(tune.AUTOTUNE_ENV, "0")
     assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes) == CANDS[0]
-    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws,pv=16bit")
-    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes) == Config(64, 128, 8, 3, True, True, "16bit")
+    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws,pv=16bit,i2fadd")
+    assert (Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes)
+            == Config(64, 128, 8, 3, True, True, "16bit", i2f_add=True))
     monkeypatch.setenv(tune.CACHE_ENV, "")
     assert tune.cache_path() is None
 
