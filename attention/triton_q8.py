@@ -4,10 +4,12 @@
   every key moves by the same vector; it takes out the channel offsets that would waste the 8-bit
   range), then each token of Q and K gets its own scale: INT8 by default, FP8 e4m3 where INT8 is
   slow (``WAN_ACCEL_TRITON_Q8_QK``). Products are exact in int32 (or float32) and scaled once.
-- **P·V in FP8** (sm89+): V minus its per-channel mean (added back at the end), one e4m3 scale per
-  channel; P is stored as P*448 in e4m3; each key block's product starts from zero and is added to a
-  float32 accumulator (Hopper's FP8 MMA keeps ~22 bits). On older GPUs (or
-  ``WAN_ACCEL_TRITON_Q8_PV=16bit``) P is cast to V's dtype and V is read in place.
+- **P·V in FP8** (sm89+): V minus its per-channel mean where that mean is a real offset (>= 1 % of
+  the channel's range; added back at the end), one e4m3 scale per channel; P is stored as P*448 in
+  e4m3; each key block's product starts from zero and is added to a float32 accumulator (Hopper's
+  FP8 MMA keeps ~22 bits). 16-bit P·V (the only kind before sm89; a tuning candidate after, and the
+  pick wherever FP8's output fails the check; or ``WAN_ACCEL_TRITON_Q8_PV=16bit``) casts P to V's
+  dtype and reads V in place.
 - **Layout.** Q, K, V are read through their strides (ComfyUI's ``(B, L, H*D)`` as ``(B, H, L, D)``
   views: no copies); the output is written straight into a ``(B, L, H, D)`` buffer, so the caller's
   reshape back to ``(B, L, H*D)`` is free. Scratch: K and V in 8 bits (one byte per element each,
@@ -27,18 +29,17 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 
 import torch
 
+from .contract import AttnCall
 from .triton_q8_tune import MAX_BLOCK_N, Config, Tuner, candidates, length_class, time_ms
+from .verify import compare, reference_rows
 
-if TYPE_CHECKING:
-    from .contract import AttnCall
-
-DOC = ("ours: Triton kernel, 8-bit Q·K (INT8, per-token scales, K smoothed) and FP8 P·V with float32 "
-       "accumulation (16-bit P·V before sm89); configs tuned per GPU")
+DOC = ("ours: Triton kernel, 8-bit Q·K (INT8, per-token scales, K smoothed) and FP8 or 16-bit P·V with "
+       "float32 accumulation; launch configs and the P·V kind tuned per GPU among those that pass verification "
+       "(FP8 P·V needs sm89+); declines masks and short contexts (< 1024 keys)")
 DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
 MIN_CAPABILITY = (8, 0)
@@ -52,11 +53,14 @@ INT8_SLOW = {(10, 3)}  # Blackwell Ultra: INT8 tensor throughput cut; FP8 is the
 QUANT_BLOCK = 64  # tokens per program of the K/V quantisation
 MEAN_SAMPLES = 4096  # tokens the K and V means are taken over (any vector works; only the range matters)
 E4M3_MAX = 448.0
+# smallest |mean| / (max - min) of a V channel that is subtracted before FP8: at 1 % of the range the
+# shift is >= 4.5 e4m3 units of the scaled values, several times a bf16 input's spacing there
+V_SMOOTH_MIN = 0.01
 LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # batch * heads is the grid's second axis
 SCRATCH_ENV = "WAN_ACCEL_TRITON_Q8_SCRATCH_MB"
 DEFAULT_SCRATCH_MB = 512  # 8-bit K and V of ~24 heads at Wan 14B's 82,992 tokens
-KERNEL_VERSION = "q8v1"  # part of the tuning cache key: bump when the kernels change
+KERNEL_VERSION = "q8v2"  # part of the tuning cache key: bump when the kernels change
 
 TUNER = Tuner()
 
@@ -98,7 +102,8 @@ def min_kv_len() -> int | None:
 
 
 def kinds(capability: tuple[int, int] | None) -> tuple[str, str]:
-    """(Q·K kind, P·V kind) for a GPU (``None``: the CPU interpreter), unless the env vars say."""
+    """(Q·K kind, preferred P·V kind) for a GPU (``None``: the CPU interpreter), unless the env vars say;
+    :func:`pv_choices` lists the P·V kinds the tuner may pick from."""
     qk = os.environ.get(QK_ENV) or ("fp8" if capability in INT8_SLOW else "int8")
     pv = os.environ.get(PV_ENV) or ("fp8" if capability is None or capability >= (8, 9) else "16bit")
     if qk not in QK_KINDS:
@@ -111,7 +116,17 @@ def kinds(capability: tuple[int, int] | None) -> tuple[str, str]:
     return qk, pv
 
 
-def unsupported_reason(call: "AttnCall") -> str | None:
+def pv_choices(capability: tuple[int, int] | None, pv: str | None = None) -> tuple[str, ...]:
+    """The P·V kinds the tuner may pick from, preferred first: ``pv`` or ``WAN_ACCEL_TRITON_Q8_PV`` when
+    given; on an FP8 GPU FP8 then 16-bit (FP8 is taken only where its output passes the check); else
+    16-bit. The CPU interpreter runs the preferred kind only."""
+    preferred = pv or kinds(capability)[1]
+    if pv or os.environ.get(PV_ENV) or capability is None or preferred == "16bit":
+        return (preferred,)
+    return (preferred, "16bit")
+
+
+def unsupported_reason(call: AttnCall) -> str | None:
     """None when ``triton_q8`` takes the call; otherwise why not, in one line."""
     dev = call.device
     if dev.type != "cuda" and not (dev.type == "cpu" and interpreted()):
@@ -138,7 +153,7 @@ def unsupported_reason(call: "AttnCall") -> str | None:
     return None
 
 
-def run(call: "AttnCall") -> torch.Tensor:
+def run(call: AttnCall) -> torch.Tensor:
     return attention(call.q, call.k, call.v)
 
 
@@ -167,9 +182,14 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool) ->
     k8 = torch.empty((b, h, lkp, d), device=k.device, dtype=torch.float8_e4m3fn if qk_fp8 else torch.int8)
     k_scale = torch.empty((b, h, lkp), device=k.device, dtype=torch.float32)
     if pv_fp8:
-        v_mean = v[:, :, ::step].mean(dim=2, dtype=torch.float32).contiguous()
-        v_min, v_max = torch.aminmax(v, dim=2)
-        amax = torch.maximum(v_max.float() - v_mean, v_mean - v_min.float()).clamp_min(1e-20)
+        v_min, v_max = (t.float() for t in torch.aminmax(v, dim=2))
+        v_mean = v[:, :, ::step].mean(dim=2, dtype=torch.float32)
+        # a channel's mean is subtracted only when it is a real offset: a shift far below the spacing
+        # of the (bf16) inputs moves almost none of them across an e4m3 rounding boundary, so the
+        # 8-bit values ignore it while the kernel adds it back exactly (a bias the size of the output
+        # of diffuse attention; see test_value_mean_below_the_input_grid_is_not_subtracted)
+        v_mean = torch.where(v_mean.abs() >= V_SMOOTH_MIN * (v_max - v_min), v_mean, 0.0).contiguous()
+        amax = torch.maximum(v_max - v_mean, v_mean - v_min).clamp_min(1e-20)
         v_inv = (E4M3_MAX / amax).contiguous()
         v_scale = (amax / E4M3_MAX).contiguous()
         v_out = torch.empty((b, h, d, lkp), device=v.device, dtype=torch.float8_e4m3fn)
@@ -196,6 +216,12 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         k_arg = TensorDescriptor(kv.k8, [b * h * kv.padded_len, d], [d, 1], [cfg.block_n, d])
         if pv_fp8:
             v_arg = TensorDescriptor(kv.v, [b * h * d, kv.padded_len], [kv.padded_len, 1], [d, cfg.block_n])
+        else:  # the caller's V in place when TMA can address it (16-byte aligned start and strides)
+            v16 = kv.v
+            size = v16.element_size()
+            if v16.data_ptr() % 16 or any(st * size % 16 for st in v16.stride()[:-1]):
+                v16 = v16.contiguous()
+            v_arg = TensorDescriptor(v16, list(v16.shape), list(v16.stride()), [1, 1, cfg.block_n, d])
     v_strides = (0, 0, 0) if pv_fp8 else (kv.v.stride(0), kv.v.stride(1), kv.v.stride(2))
     # Ada (and anything but Hopper, where it is Triton's default) would fold the add into the MMA
     pv_imprecise = cfg.block_n if pv_fp8 and capability is not None and capability != (9, 0) else 0
@@ -205,20 +231,22 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         h, lq, kv.lk, kv.padded_len, LOG2E / math.sqrt(d),
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, QK_FP8=qk_fp8, PV_FP8=pv_fp8,
         USE_TMA=cfg.use_tma, WARP_SPECIALIZE=cfg.warp_specialize, INTERPRETED=interpreted(),
-        PV_IMPRECISE=pv_imprecise, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        PV_IMPRECISE=pv_imprecise, I2F_ADD=cfg.i2f_add and not qk_fp8, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
 
 
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def tune_key(q: torch.Tensor, k: torch.Tensor, qk: str, pv: str, capability) -> str:
+def tune_key(q: torch.Tensor, k: torch.Tensor, qk: str, pv_kinds: tuple[str, ...], capability) -> str:
     import triton
 
     b, h, lq, d = q.shape
     name = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
-    return (f"{KERNEL_VERSION}|{name}|sm{capability[0]}{capability[1]}|triton {triton.__version__}|d{d}|"
-            f"{qk}/{pv}|bh{length_class(b * h)}|lq{length_class(lq)}|lk{length_class(k.shape[2])}")
+    arch = f"sm{capability[0]}{capability[1]}" if capability else "interpreter"
+    return (f"{KERNEL_VERSION}|{name}|{arch}|triton {triton.__version__}|d{d}|"
+            f"{qk}/{'+'.join(pv_kinds)}|bh{length_class(b * h)}|lq{length_class(lq)}|lk{length_class(k.shape[2])}")
 
 
 def scratch_budget_bytes() -> int:
@@ -236,35 +264,63 @@ def heads_per_chunk(b: int, h: int, lk: int, d: int, pv_fp8: bool) -> int:
     return max(1, min(h, scratch_budget_bytes() // per_head))
 
 
+def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, qk: str,
+                 pv_kinds: tuple[str, ...], capability) -> Config:
+    """The launch config (with its P·V kind) for this call's shape class: the tuner's pick among the
+    candidates whose output on these heads passes the dispatcher's accuracy check."""
+    qk_fp8 = qk == "fp8"
+    quantised: dict[str, QuantKV] = {}
+    reference = None
+
+    def run_one(cfg: Config):
+        pv_fp8 = cfg.pv == "fp8"
+        if cfg.pv not in quantised:
+            quantised.clear()  # candidates come grouped by kind: one kind's scratch at a time
+            quantised[cfg.pv] = quantize_kv(k, v, qk_fp8, pv_fp8)
+        return launch_attention(q, quantised[cfg.pv], out, cfg, qk_fp8, pv_fp8, capability)
+
+    def check(cfg: Config) -> str | None:
+        nonlocal reference
+        run_one(cfg)  # compiles it, too
+        if reference is None:
+            reference = reference_rows(AttnCall(q, k, v, q.shape[1], None, None, False, False))
+        verdict = compare(out, *reference)
+        return None if verdict.ok else verdict.describe()
+
+    cands = [c if c.pv else replace(c, pv=pv_kinds[0]) for c in candidates(capability, q.shape[-1], pv_kinds)]
+    cfg = TUNER.pick(tune_key(q, k, qk, pv_kinds, capability), cands, lambda c: time_ms(lambda: run_one(c)), check)
+    return cfg if cfg.pv else replace(cfg, pv=pv_kinds[0])
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, qk: str | None = None, pv: str | None = None,
               config: Config | None = None) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(D)) v for (B, H, L, D) tensors (views welcome); returns (B, H, Lq, D), a view
-    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds; ``config`` skips tuning. Heads
-    go through in chunks whose quantised K/V fit ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (the result does
-    not depend on the chunking: every scale is per batch and head)."""
+    of a (B, Lq, H, D) buffer. ``qk``/``pv`` override the GPU's kinds (``config.pv``, when set, wins
+    over ``pv``); ``config`` skips tuning. Heads go through in chunks whose quantised K/V fit
+    ``WAN_ACCEL_TRITON_Q8_SCRATCH_MB`` (the result does not depend on the chunking: every scale is per
+    batch and head); the tuner runs its candidates on the first chunk."""
     b, h, lq, d = q.shape
     capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
-    default_qk, default_pv = kinds(capability)
-    qk, pv = qk or default_qk, pv or default_pv
-    if qk not in QK_KINDS or pv not in PV_KINDS:
+    default_qk, _ = kinds(capability)
+    qk = qk or default_qk
+    if qk not in QK_KINDS or (pv is not None and pv not in PV_KINDS):
         raise ValueError(f"triton_q8 kinds qk={qk!r} pv={pv!r}: expected {QK_KINDS} and {PV_KINDS}")
+    pv_kinds = pv_choices(capability, pv)
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     out = torch.empty((b, lq, h, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     if lq == 0:
         return out
-    qk_fp8, pv_fp8 = qk == "fp8", pv == "fp8"
-    step = heads_per_chunk(b, h, k.shape[2], d, pv_fp8)
+    qk_fp8 = qk == "fp8"
+    step = heads_per_chunk(b, h, k.shape[2], d, "fp8" in pv_kinds)
+    if config is None:
+        first = slice(0, min(h, step))
+        config = tuned_config(q[:, first], k[:, first], v[:, first], out[:, first], qk, pv_kinds, capability)
+    elif not config.pv:
+        config = replace(config, pv=pv_kinds[0])
+    pv_fp8 = config.pv == "fp8"
     for h0 in range(0, h, step):
         heads = slice(h0, min(h, h0 + step))
-        q_c, out_c = q[:, heads], out[:, heads]
         kv = quantize_kv(k[:, heads], v[:, heads], qk_fp8, pv_fp8)
-        if config is None:
-            def measure(cfg: Config) -> float:
-                launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability)  # compile and warm up
-                return time_ms(lambda: launch_attention(q_c, kv, out_c, cfg, qk_fp8, pv_fp8, capability))
-
-            cands = candidates(capability, d)
-            config = TUNER.pick(tune_key(q, k, qk, pv, capability), cands, measure) if capability else cands[0]
-        launch_attention(q_c, kv, out_c, config, qk_fp8, pv_fp8, capability)
+        launch_attention(q[:, heads], kv, out[:, heads], config, qk_fp8, pv_fp8, capability)
         del kv  # the next chunk reuses the memory (same stream)
     return out

@@ -129,7 +129,7 @@ def quant_kv_kernel(K, V, K_MEAN, V_MEAN, V_INV_SCALE, K8, K_SCALE, V8T,
 def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh, stride_vl, LK, LKP,
                start_n, offs_n, offs_d,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
-               INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr, MASK: tl.constexpr):
+               INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr, I2F_ADD: tl.constexpr, MASK: tl.constexpr):
     """One key block of the online softmax."""
     keys = start_n + offs_n
     if USE_TMA:
@@ -138,7 +138,13 @@ def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, 
         k = tl.load(K8 + bh * LKP * HEAD_DIM + keys[:, None] * HEAD_DIM + offs_d[None, :])
     k_scale = tl.load(K_SCALE + bh * LKP + keys)
     # the per-query scale is factored out of the max (it is positive) and folded into exp2's FMA
-    t = tl.dot(q8, k.T).to(tl.float32) * k_scale[None, :]
+    dot = tl.dot(q8, k.T)
+    if I2F_ADD:  # (INT8 Q·K only)
+        # |dot| <= HEAD_DIM * 127 * 127 < 2^22: adding 1.5 * 2^23 to its bits gives a float32 whose value
+        # minus 1.5 * 2^23 is dot exactly, an integer add and a float add instead of a conversion
+        t = ((dot + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0) * k_scale[None, :]
+    else:
+        t = dot.to(tl.float32) * k_scale[None, :]
     if MASK:
         t = tl.where((keys < LK)[None, :], t, float("-inf"))
     m_new = tl.maximum(m_i, _row_max(t) * q_scale)
@@ -161,11 +167,14 @@ def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, 
             pv = tl.dot(p8, v)
         acc = acc * alpha[:, None] + pv
     else:
-        v_ptrs = V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vl + offs_d[None, :]
-        if MASK:
-            v = tl.load(v_ptrs, mask=(keys < LK)[:, None], other=0.0)
+        if USE_TMA:  # a (B, H, L, D) descriptor over the caller's strided V: keys past L read as zeros
+            v = V.load([b.to(tl.int32), h.to(tl.int32), start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
         else:
-            v = tl.load(v_ptrs)
+            v_ptrs = V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vl + offs_d[None, :]
+            if MASK:
+                v = tl.load(v_ptrs, mask=(keys < LK)[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs)
         p16 = p.to(v.dtype)
         if INTERPRETED:
             acc = tl.dot(p16.to(tl.float32), v.to(tl.float32), acc * alpha[:, None])
@@ -180,7 +189,7 @@ def attn_kernel(Q, K8, K_SCALE, V, V_SCALE, V_MEAN, Out,
                 H, LQ, LK, LKP, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_FP8: tl.constexpr,
                 PV_FP8: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-                INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr):
+                INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr, I2F_ADD: tl.constexpr = False):
     pid_m, bh, b, h = _block_and_head(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -199,16 +208,16 @@ def attn_kernel(Q, K8, K_SCALE, V, V_SCALE, V_MEAN, Out,
         for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=True):
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                        stride_vl, LK, LKP, start_n, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                       USE_TMA, INTERPRETED, PV_IMPRECISE, False)
+                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False)
     else:
         for start_n in range(0, n_full, BLOCK_N):
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                        stride_vl, LK, LKP, start_n, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                       USE_TMA, INTERPRETED, PV_IMPRECISE, False)
+                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False)
     if n_full < LK:
         acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                    stride_vl, LK, LKP, n_full, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                   USE_TMA, INTERPRETED, PV_IMPRECISE, True)
+                                   USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, True)
 
     if PV_FP8:
         v_scale = tl.load(V_SCALE + bh * HEAD_DIM + offs_d)

@@ -1,7 +1,10 @@
 """Launch configurations of the ``triton_q8`` kernel: candidates per GPU, the pick, its caches.
 
-The first call of a shape class on a GPU times a short list of candidates (one compile and three
-timed launches each) and keeps the fastest; the pick is kept in memory and in a JSON file next to
+The first call of a shape class on a GPU runs a short list of candidates (a config is the launch
+shape and the kind of P·V product, FP8 or 16-bit) on that call's data: each candidate's output is
+checked against float32 attention first (the dispatcher's thresholds), and only the ones that pass
+are timed (three launches each); the fastest of those is the pick. A candidate that fails the check
+can never be picked, cached or saved. The pick is kept in memory and in a JSON file next to
 Triton's own cache (``$TRITON_CACHE_DIR`` or ``~/.triton/cache``; ``WAN_ACCEL_TRITON_Q8_CACHE`` names
 another file, an empty value turns the file off), keyed by GPU, Triton version, head dim, kinds and
 the power-of-two classes of the query and key lengths. A process that finds the file does not tune.
@@ -14,7 +17,7 @@ import json
 import logging
 import os
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,24 +37,30 @@ class Config:
     num_stages: int
     use_tma: bool = False  # Hopper+: K and V tiles through tensor descriptors (TMA)
     warp_specialize: bool = False  # Triton's warp specialisation of the key loop (Blackwell first)
+    pv: str = ""  # P·V product: "fp8", "16bit", or "" for the GPU's first kind
+    i2f_add: bool = False  # INT8 Q·K: int32 scores to float32 by an integer add (no conversion instruction)
 
     def label(self) -> str:
         extra = ("_tma" if self.use_tma else "") + ("_ws" if self.warp_specialize else "")
+        extra += ("_i2fadd" if self.i2f_add else "") + (f"_pv{self.pv}" if self.pv else "")
         return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{extra}"
 
     @classmethod
     def parse(cls, text: str) -> "Config":
-        """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation)."""
+        """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation, ``i2fadd`` the
+        conversion by addition, ``pv=16bit`` or ``pv=fp8`` fixes the P·V kind)."""
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
             block_m, block_n, warps, stages = (int(p) for p in parts[:4])
         except ValueError:
-            raise ValueError(f"{CONFIG_ENV}={text!r}: expected BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]") from None
+            raise ValueError(f"{CONFIG_ENV}={text!r}: expected BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws][,pv=16bit]"
+                             ) from None
         flags = set(parts[4:])
-        unknown = flags - {"tma", "ws"}
-        if unknown:
-            raise ValueError(f"{CONFIG_ENV}={text!r}: unknown flags {sorted(unknown)} (known: tma, ws)")
-        cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags)
+        known = {"tma", "ws", "i2fadd", "pv=fp8", "pv=16bit"}
+        if flags - known:
+            raise ValueError(f"{CONFIG_ENV}={text!r}: unknown flags {sorted(flags - known)} (known: {', '.join(sorted(known))})")
+        pv = "fp8" if "pv=fp8" in flags else "16bit" if "pv=16bit" in flags else ""
+        cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags, pv, "i2fadd" in flags)
         cfg.check()
         return cfg
 
@@ -64,19 +73,21 @@ class Config:
                              "product; key buffers are padded to the largest)")
 
 
-def candidates(capability: tuple[int, int] | None, head_dim: int) -> list[Config]:
-    """The short list timed at run time, best guess first. Chosen from compiles for each target with
-    the spill count in view (a 128-row query block needs 8 warps at head dim 128, or its float32
-    accumulator spills); ``bench/triton_q8.py`` sweeps the wider space on a GPU. No GPU (the CPU
-    interpreter) gets one small portable entry."""
+def candidates(capability: tuple[int, int] | None, head_dim: int, pv_kinds: tuple[str, ...] = ("",)) -> list[Config]:
+    """The short list run at tuning time, best guess first, for each allowed P·V kind (``pv_kinds``,
+    preferred first: a kind that fails the accuracy check on this GPU loses to the next). Chosen
+    from compiles for each target with the spill count in view (a 128-row query block needs 8 warps
+    at head dim 128, or its float32 accumulator spills); ``bench/triton_q8.py`` sweeps a wider grid
+    on a GPU. No GPU (the CPU interpreter) gets one small portable entry per kind."""
     if capability is None:
-        return [Config(64, 64, 4, 2)]
-    if capability >= (9, 0):
-        return [Config(128, 128, 8, 2, use_tma=True), Config(128, 128, 8, 3, use_tma=True),
-                Config(128, 64, 8, 2, use_tma=True)]
-    if head_dim <= 64:
-        return [Config(128, 64, 4, 3), Config(128, 64, 8, 3), Config(64, 64, 4, 3)]
-    return [Config(128, 64, 8, 3), Config(64, 64, 4, 3), Config(128, 128, 8, 2)]
+        shapes = [Config(64, 64, 4, 2)]
+    elif capability >= (9, 0):
+        shapes = [Config(128, 128, 8, 3, use_tma=True), Config(64, 64, 4, 3, use_tma=True)]
+    elif head_dim <= 64:
+        shapes = [Config(128, 64, 4, 3), Config(64, 64, 4, 3)]
+    else:
+        shapes = [Config(128, 64, 8, 3), Config(64, 64, 4, 3)]
+    return [replace(c, pv=pv) for pv in pv_kinds for c in shapes]
 
 
 def length_class(n: int) -> int:
@@ -156,39 +167,52 @@ class Tuner:
         except OSError as exc:
             log.warning("triton_q8: could not write the tuning cache %s (%s)", path, exc)
 
-    def pick(self, key: str, cands: list[Config], measure: Callable[[Config], float]) -> Config:
-        """The config for ``key``: forced by ``WAN_ACCEL_TRITON_Q8_CONFIG``, cached, or the fastest of
-        ``cands`` by ``measure`` (milliseconds; a candidate that raises is skipped, and if all raise the
-        last error propagates). ``WAN_ACCEL_TRITON_Q8_AUTOTUNE=0`` takes the first candidate untimed."""
+    def pick(self, key: str, cands: list[Config], measure: Callable[[Config], float],
+             check: Callable[[Config], str | None]) -> Config:
+        """The config for ``key``: cached, or the fastest by ``measure`` (milliseconds) of the ``cands``
+        whose ``check`` (run first: the output against float32 attention) returns None rather than a
+        reason. ``WAN_ACCEL_TRITON_Q8_CONFIG`` replaces the candidates with the one it names (still
+        checked, never saved); ``WAN_ACCEL_TRITON_Q8_AUTOTUNE=0`` takes the first that passes, untimed.
+        A candidate that raises is skipped; when none passes, :class:`NoVerifiedConfig` says why."""
         forced = os.environ.get(CONFIG_ENV)
         if forced:
-            return Config.parse(forced)
+            cands, key = [Config.parse(forced)], f"{key}|{CONFIG_ENV}={forced}"
         if key in self.picks:
             return self.picks[key]
-        if not self._disk_loaded:
+        if not forced and not self._disk_loaded:
             self._load_disk()
             if key in self.picks:
                 return self.picks[key]
-        if os.environ.get(AUTOTUNE_ENV, "1") == "0" or len(cands) == 1:
-            self.picks[key] = cands[0]
-            return cands[0]
+        timed = os.environ.get(AUTOTUNE_ENV, "1") != "0" and len(cands) > 1
         results: dict[str, float | str] = {}
-        best, best_ms, last_exc = None, float("inf"), None
+        best, best_ms = None, float("inf")
         for cfg in cands:
             try:
+                reason = check(cfg)
+                if reason is not None:
+                    results[cfg.label()] = f"failed verification: {reason}"
+                    continue
+                if not timed:
+                    best = cfg
+                    break
                 ms = float(measure(cfg))
             except Exception as exc:  # compile error, out of shared memory...
                 results[cfg.label()] = f"{type(exc).__name__}: {exc}"[:300]
-                last_exc = exc
                 continue
             results[cfg.label()] = ms
             if ms < best_ms:
                 best, best_ms = cfg, ms
         self.timings[key] = results
         if best is None:
-            raise last_exc  # type: ignore[misc]
-        log.info("triton_q8: %s -> %s (%.2f ms; %s)", key, best.label(), best_ms,
-                 ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} failed" for k, v in results.items()))
+            raise NoVerifiedConfig(f"triton_q8: no launch config passed verification for {key} ("
+                                   + "; ".join(f"{k}: {v}" for k, v in results.items()) + ")")
+        log.info("triton_q8: %s -> %s (%s)", key, best.label(),
+                 ", ".join(f"{k} {v:.2f} ms" if isinstance(v, float) else f"{k} {v[:80]}" for k, v in results.items()))
         self.picks[key] = best
-        self._save_disk()
+        if not forced:
+            self._save_disk()
         return best
+
+
+class NoVerifiedConfig(RuntimeError):
+    """Every candidate failed its check or raised: the dispatcher falls back for this shape."""

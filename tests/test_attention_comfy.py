@@ -83,8 +83,9 @@ def test_schema_node_id_and_tooltips(nodes):
     assert all(i.tooltip for i in schema.inputs), [i.id for i in schema.inputs if not i.tooltip]
     backend = next(i for i in schema.inputs if i.id == "backend")
     assert {"sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "sdpa_math", "sub_quad", "sage", "sage3",
-            "flash_attn", "flash_attn_4", "xformers", "kitchen_int8", "cudnn_fp8", "auto",
-            "comfy_default"} <= set(backend.options)
+            "flash_attn", "flash_attn_4", "xformers", "kitchen_int8", "cudnn_fp8", "triton_q8",
+            "auto", "comfy_default"} <= set(backend.options)
+    assert "triton_q8 [" in backend.tooltip  # with its state on this machine
     assert nodes.WanAccelAttention.validate_inputs(steps="0-3", blocks="") is True
     assert isinstance(nodes.WanAccelAttention.validate_inputs(steps="x", blocks=""), str)
 

@@ -151,6 +151,40 @@ def test_dominant_keys_do_not_overflow(q8):
 
 
 @pytest.mark.parametrize("pv", ["fp8", "16bit"])
+def test_int8_scores_converted_by_addition_are_exact(q8, pv):
+    """``i2f_add`` turns the int32 scores into float32 by an integer add: the same output bit for bit,
+    also at the largest possible score (every product 127 * 127)."""
+    q, k, v = comfy_qkv(1, 2, 100, 150, 64, torch.bfloat16, seed=13)
+    q[:, :, :5] = 3.0  # rows that quantise to all 127 ...
+    k[:, :, :7] = 2.0  # ... against keys that do too: the score is 64 * 127 * 127 (K's mean moves it a bit)
+    plain = q8.attention(q, k, v, qk="int8", pv=pv, config=Config(64, 64, 4, 2))
+    added = q8.attention(q, k, v, qk="int8", pv=pv, config=Config(64, 64, 4, 2, i2f_add=True))
+    assert torch.equal(plain, added)
+    assert_close(added, reference(q, k, v), ("int8", pv))
+
+
+def test_value_mean_below_the_input_grid_is_not_subtracted(q8):
+    """The FP8 P·V accuracy bug of the first GPU run (cosine 0.9985 at Wan 14B on random bf16 inputs):
+    V's per-channel mean over 83k random tokens is tiny next to the spacing of bf16 inputs, so
+    subtracting it moves almost no input across an e4m3 rounding boundary; the quantised values
+    ignore the shift while the mean is added back exactly, biasing each channel by its own mean --
+    about the size of the signal when attention is spread over many keys. Here the same at 257 keys:
+    uniform attention (q = 0) over pairs +w, -w and one token of 0.5, so the exact output is
+    0.5 / 257 per channel, a shift of 0.2 e4m3 steps. With the mean subtracted anyway the output
+    comes out near twice that."""
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(128, 64, generator=g).clamp(-3.5, 3.5)
+    w[0] = 4.0  # every channel's range is exactly +-4: 0.5 lands on the e4m3 grid (56 of 448)
+    v = torch.cat([w, -w, torch.full((1, 64), 0.5)]).reshape(1, 1, 257, 64).bfloat16()
+    k = torch.randn(1, 1, 257, 64, generator=g).bfloat16()
+    q = torch.zeros(1, 1, 64, 64, dtype=torch.bfloat16)
+    out = q8.attention(q, k, v, qk="int8", pv="fp8", config=Config(64, 64, 4, 2))
+    ref = reference(q, k, v)
+    assert_close(out, ref, ("int8", "fp8"))
+    torch.testing.assert_close(out.double(), ref, rtol=2 ** -7, atol=0)
+
+
+@pytest.mark.parametrize("pv", ["fp8", "16bit"])
 def test_small_attention_weights_keep_their_precision(q8, pv):
     """A tail of keys at 1e-3 and 1e-4 of the top weight, carrying +w and -w: FP8 P·V stores P*448,
     so those weights stay normal e4m3 numbers instead of flushing to zero (which would drop 9% of w)."""
@@ -271,9 +305,13 @@ def test_kinds_per_gpu_and_overrides(q8, monkeypatch):
     assert q8.kinds((8, 6)) == ("int8", "16bit")  # Ampere: no FP8 tensor cores
     assert q8.kinds((8, 9)) == ("int8", "fp8") and q8.kinds((9, 0)) == ("int8", "fp8")
     assert q8.kinds((10, 3)) == ("fp8", "fp8")
+    # the tuner's P·V candidates: FP8 first where the GPU has it, 16-bit as the verified alternative
+    assert q8.pv_choices((9, 0)) == ("fp8", "16bit") and q8.pv_choices((8, 6)) == ("16bit",)
+    assert q8.pv_choices(None) == ("fp8",) and q8.pv_choices((9, 0), "16bit") == ("16bit",)
+    assert {c.pv for c in tune.candidates((9, 0), 128, q8.pv_choices((9, 0)))} == {"fp8", "16bit"}
     monkeypatch.setenv(q8.PV_ENV, "16bit")
     monkeypatch.setenv(q8.QK_ENV, "fp8")
-    assert q8.kinds((9, 0)) == ("fp8", "16bit")
+    assert q8.kinds((9, 0)) == ("fp8", "16bit") and q8.pv_choices((9, 0)) == ("16bit",)
     with pytest.raises(ValueError, match="FP8 needs compute capability"):
         q8.kinds((8, 6))
     monkeypatch.setenv(q8.QK_ENV, "int4")
@@ -333,6 +371,10 @@ CANDS = [Config(128, 128, 8, 2, use_tma=True), Config(128, 64, 4, 3), Config(64,
 FAKE_MS = {CANDS[0]: 5.0, CANDS[1]: 3.0, CANDS[2]: 4.0}
 
 
+def passes(cfg):
+    return None
+
+
 @pytest.fixture
 def cache_file(tmp_path, monkeypatch):
     path = tmp_path / "tune.json"
@@ -346,12 +388,12 @@ def test_tuner_picks_the_fastest_once_and_persists(cache_file):
     calls = []
     measure = lambda c: calls.append(c) or FAKE_MS[c]  # noqa: E731
     tuner = Tuner()
-    assert tuner.pick("gpu|shape", CANDS, measure) == CANDS[1]
+    assert tuner.pick("gpu|shape", CANDS, measure, passes) == CANDS[1]
     assert calls == CANDS and tuner.timings["gpu|shape"][CANDS[1].label()] == 3.0
-    assert tuner.pick("gpu|shape", CANDS, measure) == CANDS[1] and len(calls) == 3
+    assert tuner.pick("gpu|shape", CANDS, measure, passes) == CANDS[1] and len(calls) == 3
     assert json.loads(cache_file.read_text())["gpu|shape"]["block_n"] == 64
     fresh = Tuner()  # another process: reads the file, times nothing
-    assert fresh.pick("gpu|shape", CANDS, lambda c: pytest.fail("timed again")) == CANDS[1]
+    assert fresh.pick("gpu|shape", CANDS, lambda c: pytest.fail("timed again"), passes) == CANDS[1]
 
 
 def test_tuner_skips_failing_candidates(cache_file):
@@ -361,24 +403,25 @@ def test_tuner_skips_failing_candidates(cache_file):
         return FAKE_MS[c]
 
     tuner = Tuner()
-    assert tuner.pick("k", CANDS, measure) == CANDS[1]
+    assert tuner.pick("k", CANDS, measure, passes) == CANDS[1]
     assert "out of shared memory" in tuner.timings["k"][CANDS[0].label()]
-    with pytest.raises(RuntimeError, match="out of shared memory"):  # nothing left to pick
-        tuner.pick("k2", [CANDS[0], CANDS[0]], measure)
+    with pytest.raises(tune.NoVerifiedConfig, match="out of shared memory"):  # nothing left to pick
+        tuner.pick("k2", [CANDS[0], CANDS[0]], measure, passes)
 
 
 def test_tuner_ignores_a_corrupt_cache(cache_file, caplog):
     cache_file.write_text("{not json")
-    assert Tuner().pick("k", CANDS, FAKE_MS.__getitem__) == CANDS[1]
+    assert Tuner().pick("k", CANDS, FAKE_MS.__getitem__, passes) == CANDS[1]
     assert "ignoring the tuning cache" in caplog.text
     assert "k" in json.loads(cache_file.read_text())
 
 
 def test_tuner_env_overrides(cache_file, monkeypatch):
     monkeypatch.setenv(tune.AUTOTUNE_ENV, "0")
-    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed")) == CANDS[0]
-    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws")
-    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed")) == Config(64, 128, 8, 3, True, True)
+    assert Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes) == CANDS[0]
+    monkeypatch.setenv(tune.CONFIG_ENV, "64,128,8,3,tma,ws,pv=16bit,i2fadd")
+    assert (Tuner().pick("k", CANDS, lambda c: pytest.fail("timed"), passes)
+            == Config(64, 128, 8, 3, True, True, "16bit", i2f_add=True))
     monkeypatch.setenv(tune.CACHE_ENV, "")
     assert tune.cache_path() is None
 
@@ -397,6 +440,52 @@ def test_candidates_and_length_classes():
     assert [tune.length_class(n) for n in (1, 512, 513, 82992)] == [1, 512, 1024, 131072]
 
 
+def test_tuner_never_picks_a_config_that_failed_verification(cache_file, monkeypatch):
+    """The fastest candidate gives a wrong output: it is not picked, not cached, not saved, whatever
+    the mode (timed, untimed first-that-passes, forced by the env var)."""
+    fastest = CANDS[1]
+    check = lambda c: "cosine 0.5" if c == fastest else None  # noqa: E731
+    tuner = Tuner()
+    assert tuner.pick("k", CANDS, FAKE_MS.__getitem__, check) == CANDS[2]
+    assert tuner.timings["k"][fastest.label()] == "failed verification: cosine 0.5"
+    assert json.loads(cache_file.read_text())["k"]["block_m"] == 64
+    with pytest.raises(tune.NoVerifiedConfig, match="failed verification"):
+        tuner.pick("k2", [fastest], FAKE_MS.__getitem__, check)
+    assert "k2" not in tuner.picks and "k2" not in json.loads(cache_file.read_text())
+    monkeypatch.setenv(tune.AUTOTUNE_ENV, "0")
+    assert Tuner().pick("k3", [fastest, CANDS[0]], lambda c: pytest.fail("timed"), check) == CANDS[0]
+    monkeypatch.setenv(tune.CONFIG_ENV, "128,64,4,3")  # = fastest
+    with pytest.raises(tune.NoVerifiedConfig):
+        Tuner().pick("k4", CANDS, FAKE_MS.__getitem__, check)
+    assert "k4" not in json.loads(cache_file.read_text())
+
+
+def test_attention_tunes_among_verified_outputs_only(q8, monkeypatch, cache_file):
+    """Through the kernel: a candidate whose output is wrong and that times fastest loses to a right one."""
+    broken, good = Config(32, 64, 4, 2), Config(64, 64, 4, 2)
+    monkeypatch.setattr(q8, "candidates", lambda cap, d, kinds: [broken, good])
+    real = q8.launch_attention
+
+    def launch(q, kv, out, cfg, *args):
+        compiled = real(q, kv, out, cfg, *args)
+        if cfg.block_m == broken.block_m:
+            out.mul_(-1)
+        return compiled
+
+    monkeypatch.setattr(q8, "launch_attention", launch)
+    timed = []
+    monkeypatch.setattr(q8, "time_ms", lambda fn, reps=3: (fn(), timed.append(1), float(len(timed)))[2])
+    q8.reset()
+    q, k, v = comfy_qkv(1, 2, 70, 70, 64, torch.bfloat16, seed=11)
+    out = q8.attention(q, k, v)
+    (key, pick), = q8.TUNER.picks.items()
+    assert pick.block_m == good.block_m and pick.pv == q8.kinds(None)[1]
+    labels = {c.split("_pv")[0]: r for c, r in q8.TUNER.timings[key].items()}
+    assert labels[broken.label()].startswith("failed verification") and isinstance(labels[good.label()], float)
+    assert_close(out, reference(q, k, v), q8.kinds(None))
+    q8.reset()
+
+
 # ---------------------------------------------------------------------------------------------
 # the bench runs (tiny, on the CPU) and writes what the GPU run will
 # ---------------------------------------------------------------------------------------------
@@ -407,10 +496,138 @@ def test_bench_small_writes_results(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "triton_q8.py"), "--small", "--shapes", "tiny",
                            "--out", str(out)], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())["shapes"]["tiny"]
-    assert res["sdpa"]["default"]["verified"]
+    data = json.loads(out.read_text())
+    res = data["shapes"]["tiny"]
+    assert res["sdpa"]["default"]["verified"] and res["sdpa_best_ms"] > 0
     configs = res["triton_q8"]["configs"]
-    assert {(c["qk"], c["pv"]) for c in configs} >= set(KINDS)
-    assert all("ms" in c for c in configs), [c for c in configs if "ms" not in c]
-    assert res["triton_q8"]["best"]["verified"] and res["triton_q8"]["autotune"]["verified"]
+    assert {(c["qk"], c["pv"]) for c in configs} >= set(KINDS) and len(configs) == len(data["grid"])
+    assert all({"ms", "tflops", "cosine", "rel_error", "verified", "auto_would_pick"} <= set(c) for c in configs), configs
+    assert all(c["auto_would_pick"] == (c["verified"] and c["ms"] < res["sdpa_best_ms"]) for c in configs)
+    runtime = res["triton_q8"]["runtime"]
+    assert res["triton_q8"]["best"]["verified"] and runtime["verified"] and runtime["picks"]
     assert "cosine" in res["triton_q8"]["structured"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry backend: listed with its status, declines, verification, fallback, auto
+# ---------------------------------------------------------------------------------------------
+def _comfy_call(ov, q, k, v, heads):
+    """Call an override the way ComfyUI's wrap_attn does ((B, L, H*D) tensors)."""
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ComfyUI's own attention ran")
+    return ov(must_not_run, q, k, v, heads=heads, _inside_attn_wrapper=True, transformer_options={})
+
+
+def _blhd(b, length, heads, d, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, length, heads * d, generator=g).to(dtype)
+
+
+@pytest.fixture
+def interpreted_backend(q8, monkeypatch):
+    """The registered ``triton_q8`` backend, allowed to run its interpreted kernels on CPU tensors."""
+    from wan_accel.attention import backends
+
+    b = backends.get("triton_q8")
+    backends.reset_probes()
+    monkeypatch.setattr(b, "devices", ("cuda", "cpu"))
+    monkeypatch.setattr(b, "probe", lambda: None)
+    monkeypatch.setenv(tune.CONFIG_ENV, "64,64,4,2")
+    monkeypatch.setenv(q8.MIN_KV_ENV, "64")
+    yield b
+    backends.reset_probes()
+
+
+def test_registered_with_its_status_and_doc():
+    from wan_accel.attention import backends
+    from wan_accel.attention import triton_q8 as kernel
+
+    backends.reset_probes()
+    assert "triton_q8" in backends.names() and backends.names().index("triton_q8") < backends.names().index("auto")
+    b = backends.get("triton_q8")
+    assert b.low_precision and b.devices == ("cuda",) and b.doc == kernel.DOC and b.package == "triton"
+    if not torch.cuda.is_available():
+        assert backends.statuses()["triton_q8"].startswith(("not usable here", "not installed"))
+        assert "triton_q8" not in backends.available()
+
+
+def test_registry_declines_with_reasons(interpreted_backend, monkeypatch):
+    b = interpreted_backend
+    assert b.reason_not_to_run(_call(lk=512, d=64)) is None  # MIN_KV is 64 here
+    assert "head dim 96" in b.unsupported_reason(_call(d=96))
+    assert "float32" in b.unsupported_reason(_call(dtype=torch.float32))
+    assert "mask" in b.unsupported_reason(_call(mask=torch.zeros(2048, 2048)))
+    assert "attn_precision=float32" in b.unsupported_reason(_call(precision=torch.float32))
+    monkeypatch.delenv("WAN_ACCEL_TRITON_Q8_MIN_KV")
+    assert "512 keys" in b.unsupported_reason(_call(lk=512))  # Wan's text cross-attention
+    full = AttnCall.from_args((torch.zeros(1, 2048, 128, dtype=torch.bfloat16),) * 3 + (2,),
+                              {"low_precision_attention": False})
+    assert "full precision" in b.unsupported_reason(full)  # Wan's i2v image cross-attention (ComfyUI 0.33+)
+    monkeypatch.setattr(b, "devices", ("cuda",))
+    assert "does not run on cpu" in b.unsupported_reason(_call())
+
+
+def test_runs_verified_through_the_dispatcher(interpreted_backend, caplog):
+    from wan_accel.attention import AttentionOverride
+
+    ov = AttentionOverride("triton_q8", fallback="sdpa")
+    q, k, v = (_blhd(1, 150, 2, 64, seed=s) for s in range(3))
+    out = _comfy_call(ov, q, k, v, 2)
+    assert ov.last_used == "triton_q8" and ov.verified[("triton_q8", AttnCall.from_args((q, k, v, 2), {}).key())]
+    ref = reference(*(t.view(1, 150, 2, 64).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(1, 150, 128)
+    assert_close(out, ref, ("int8", "fp8"))
+
+
+def test_short_keys_and_failed_verification_fall_back_logged_once(interpreted_backend, monkeypatch, caplog):
+    """The fallback serves the call; the reason is logged on the first call of the shape, never again."""
+    import logging
+
+    from wan_accel.attention import AttentionOverride
+
+    def lines(text):
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    ov = AttentionOverride("triton_q8", fallback="sdpa")
+    q = _blhd(1, 150, 2, 64)
+    kv = _blhd(1, 40, 2, 64, seed=1)  # 40 keys < MIN_KV 64
+    with caplog.at_level(logging.INFO, logger="wan_accel.attention"):
+        _comfy_call(ov, q, kv, kv, 2)
+        first = len(lines("40 keys"))
+        for _ in range(2):
+            _comfy_call(ov, q, kv, kv, 2)
+    assert ov.last_used == "sdpa" and ov.counts == {"sdpa": 3}
+    assert first >= 1 and len(lines("40 keys")) == first
+
+    caplog.clear()
+    monkeypatch.setattr(interpreted_backend, "run", lambda call: torch.zeros_like(call.q))  # a wrong kernel
+    k = _blhd(1, 150, 2, 64, seed=2)
+    with caplog.at_level(logging.INFO, logger="wan_accel.attention"):
+        for _ in range(3):
+            _comfy_call(ov, q, k, k, 2)
+    assert ov.last_used == "sdpa" and ov.counts["sdpa"] == 6
+    warnings = [r for r in lines("triton_q8 failed verification") if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+
+
+def test_auto_ranks_it(interpreted_backend, monkeypatch):
+    from wan_accel.attention import AttentionOverride, AutoTuner
+
+    tuner = AutoTuner(reps=1, candidates=("sdpa_math", "triton_q8"))
+    ov = AttentionOverride("auto", fallback="sdpa", tuner=tuner)
+    q, k, v = (_blhd(1, 130, 2, 64, seed=s) for s in range(3))
+    _comfy_call(ov, q, k, v, 2)
+    table = next(iter(tuner.results.values()))
+    assert isinstance(table["triton_q8"], dict) and table["triton_q8"]["cosine"] > 0.999
+    assert ov.last_used in ("sdpa_math", "triton_q8")
+    monkeypatch.setattr(interpreted_backend, "run", lambda call: torch.zeros_like(call.q))
+    tuner.clear()
+    _comfy_call(AttentionOverride("auto", fallback="sdpa", tuner=tuner), q, k, v, 2)
+    assert "failed verification" in next(iter(tuner.results.values()))["triton_q8"]
+
+
+def test_reset_probes_forgets_the_tuned_configs(q8):
+    from wan_accel.attention import backends
+
+    q8.TUNER.picks["k"] = Config(64, 64, 4, 2)
+    backends.reset_probes()
+    assert not q8.TUNER.picks

@@ -8,7 +8,7 @@ from .registry import (ALL_FLOAT, AUTO, COMFY_DEFAULT, HALF, REGISTRY, Backend, 
                        need_cuda, on_reset, probe_for, register, reset_probes, statuses)
 
 # each import registers that family's backends; the order is the order of the node's list
-from . import sdpa, sub_quad, sage, flash, xformers, kitchen, cudnn_fp8  # noqa: E402,F401  isort: skip
+from . import sdpa, sub_quad, sage, flash, xformers, kitchen, cudnn_fp8, triton_q8  # noqa: E402,F401  isort: skip
 
 __all__ = ["ALL_FLOAT", "AUTO", "COMFY_DEFAULT", "HALF", "REGISTRY", "Backend", "available", "get", "load", "names",
            "need_cuda", "on_reset", "probe_for", "register", "reset_probes", "statuses"]
