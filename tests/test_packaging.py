@@ -27,6 +27,11 @@ RUNTIME_MODULES = {"torch": "torch", "numpy": "numpy", "einops": "einops", "safe
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "nodes", "folder_paths", "execution",
                    "server", "node_helpers", "latent_preview"}
 COMFYUI_REQUIREMENTS = {"PIL": "pillow", "av": "av"}
+# in the requirements of the releases that have Dynamic VRAM (0.33) only; the test importing it is GPU-only
+COMFYUI_DYNAMIC_VRAM = {"comfy_aimdo": "comfy-aimdo"}
+# installed with torch itself (its Linux x86-64 wheels depend on it); the tests that need it skip, with that
+# reason, where torch came without it
+TORCH_DEPENDENCIES = {"triton": "triton"}
 
 
 def names(requirements) -> set[str]:
@@ -66,7 +71,8 @@ def test_every_import_of_the_tests_is_installed_by_a_step():
     test_files = sorted((REPO / "tests").glob("*.py")) + sorted((REPO / "fixtures").glob("*.py")) + \
         sorted((REPO / "tools").glob("*.py"))
     local = {p.stem for p in test_files} | {"wan_accel", "__future__"}
-    provided = set(RUNTIME_MODULES) | set(TEST_DEPENDENCIES) | COMFYUI_MODULES | set(COMFYUI_REQUIREMENTS)
+    provided = (set(RUNTIME_MODULES) | set(TEST_DEPENDENCIES) | COMFYUI_MODULES | set(COMFYUI_REQUIREMENTS)
+                | set(COMFYUI_DYNAMIC_VRAM) | set(TORCH_DEPENDENCIES))
     third_party = imported_modules(test_files) - set(sys.stdlib_module_names) - local
     assert third_party <= provided, f"imported by tests, installed by no step: {sorted(third_party - provided)}"
 
