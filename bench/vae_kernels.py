@@ -192,7 +192,7 @@ def run_workload(name, a, dev, dtype, comfy, log_lines):
         ref = module_call(fp32.to(dev), kind, x_module.to(dev)).float().cpu()
         if kind == "decode":
             ref = ref.clamp(-1, 1)  # pixels, as every VAE node hands them on
-    row["reference"] = "the fp32 module's own " + kind
+    row["reference"] = f"the fp32 module's own {kind}" + (" (cuDNN TF32 as torch's default allows)" if dev.type == "cuda" else "")
     model = copy.deepcopy(fp32).to(dev, dtype)  # ours runs the bare module, as the patched VAE hands it over
     native = None
     if comfy:
