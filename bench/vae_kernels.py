@@ -1,319 +1,397 @@
-"""The VAE kernels (vae_accel/kernels) against the engine's current ops, op by op and in a whole decode.
+"""What the VAE kernels buy on the default path: ComfyUI's native VAE against our engine without and with
+its kernels (vae_accel/kernels, on by default), in one process, for the three calls of a Wan 2.2 i2v run.
 
-Per op, at the shapes one tile step really runs (recorded from the engine at the planner's default
-plan): nearest 2x upsample + 3x3 conv against the sub-pixel conv and its parts (the phase conv as
-conv3d and as conv2d, the interleave copy); RMS norm + SiLU eager, torch.compile'd (the engine's
-WAN_ACCEL_FUSED_NORM path) and the Triton kernel, alone, after the residual add and in front of the
-causal conv; cuDNN benchmark mode off and on; first call (Triton compile, cuDNN search) and warm.
-Whole decode (Wan 2.1 VAE, random weights, bf16): the engine as is and with the kernels patched in
-(each rewrite alone too), first call and warm, peak memory, PSNR against an fp32 decode, the top
-kernels of torch.profiler, and the first decode of a fresh process. Writes JSON.
+Workloads (random weights of the real architectures, bf16 on CUDA):
+  decode21  Wan 2.1 VAE decode, 81 frames 1216x832;   decode22  Wan 2.2 VAE decode, 81 frames 704x1280;
+  encode21  Wan 2.1 VAE i2v encode (start image + grey frames), 81 frames 1216x832.
+Per configuration (native ``comfy.sd.VAE``, ours ``kernels=False``, ours default): first call in this process
+and best warm call (seconds), peak VRAM over the call, PSNR against the fp32 module's own decode/encode (for
+latents: peak = the reference's range), which path the norm kernel took (Triton, or torch and why) and the
+kernels' log lines; ratios against native. ``fresh``: the first decode of a fresh process (Wan 2.1 decode:
+native, ours plain, ours with an empty and with a warm Triton cache). ``profile``: top CUDA kernels of one
+warm default decode. Writes JSON after every part (a run cut short keeps what ran).
 
-    python bench/vae_kernels.py --comfy /path/to/ComfyUI --out bench/results/vae_kernels_h200.json
-    python bench/vae_kernels.py --small        # tiny model and video, runs on the CPU too
+ComfyUI is started the way main.py does (bench/comfy_boot.py: comfy-aimdo first where the release has it);
+if a checkout cannot be imported the next one in ``--comfy`` is tried in a fresh process, and with none
+the engine runs alone on diffusers' AutoencoderKLWan (no native anchor; the JSON says why).
+
+    . bench/gpu/setup.sh && python3 bench/vae_kernels.py --out $OUT/vae_kernels.json          # H200: < 6 min
+    python bench/vae_kernels.py --cpu-check --comfy /path/to/ComfyUI                         # tiny, CPU, checks exactness
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
-from _common import Timer, error_stats, load_comfy, load_wan_accel, randomise_, write_json
-from vae_kernels_micro import micro, record_step, sync
+from _common import Timer, load_wan_accel, randomise_, write_json
 
-CONFIGS = {  # name -> KernelChoice fields (None: the engine as is)
-    "engine": None,
-    "kernels": {},
-    "subpixel_only": {"norm_conv": False, "defer_residual": False},
-    "norm_only": {"subpixel": False},
-    "no_deferred_add": {"defer_residual": False},
+DEFAULT_COMFY = "/tmp/comfy-0.33.0,/tmp/comfy-0.8.0"
+WORKLOADS = {  # name -> (kind, VAE version, frames, height, width); --cpu-check shrinks them
+    "decode21": ("decode", "2.1", 81, 1216, 832),
+    "decode22": ("decode", "2.2", 81, 704, 1280),
+    "encode21": ("encode", "2.1", 81, 1216, 832),
 }
+CPU_SIZE = (5, 32, 32)
+# --cpu-check: fp32 ours vs the fp32 module, raw [-1, 1] scale. The real widths (384 channels) sum more fp32
+# roundings in other orders than the tests' small models do (tests/test_vae_kernels.py: 1e-5): the plain ops
+# already differ by ~1e-5 there; a wrong tap, phase or frame differs by ~1e-1.
+EXACT = 5e-5
 
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--comfy", help="ComfyUI checkout: its WanVAE module (else diffusers') and native decode as anchor")
-    p.add_argument("--small", action="store_true", help="tiny model (base dim 8) and video (9 frames, 64x80)")
-    p.add_argument("--frames", type=int, default=81)
-    p.add_argument("--size", default="1216x832")
-    p.add_argument("--reps", type=int, default=10, help="timed repetitions per op")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: micro,decode,profile,fresh")
-    p.add_argument("--keep-triton-cache", action="store_true", help="use Triton's cache as is (default: an empty one, so first calls compile)")
-    p.add_argument("--first-call", help=argparse.SUPPRESS)  # internal: one decode in this fresh process
+    p.add_argument("--comfy", default=DEFAULT_COMFY, help="ComfyUI checkouts to try, comma separated ('none': engine only)")
+    p.add_argument("--parts", default="decode21,decode22,encode21,fresh", help="comma list of workloads, fresh, profile")
+    p.add_argument("--warm", type=int, default=2, help="warm calls per configuration after the first")
+    p.add_argument("--budget-s", type=float, default=320, help="skip parts that would start after this many seconds")
+    p.add_argument("--cpu-check", action="store_true", help="tiny sizes on the CPU in fp32, one warm call, no time budget; "
+                                                             "fails unless ours is exact")
+    p.add_argument("--first-call", help=argparse.SUPPRESS)  # internal: "workload:config", one call in this fresh process
     p.add_argument("--out", default="bench/results/vae_kernels.json")
     a = p.parse_args()
-    if a.small:
-        a.frames, a.size, a.reps = 9, "64x80", 3
+    if a.cpu_check:
+        a.warm, a.budget_s = min(a.warm, 1), math.inf
     return a
 
 
-def build_model(a, dev, dtype):
-    dim = 8 if a.small else 96
-    if a.comfy:
-        from vae_decode import comfy_wan21
+# ------------------------------------------------------------------ ComfyUI, or not
 
-        model = comfy_wan21(dim)
+
+def start_comfy(a, res) -> bool:
+    """Boot the first checkout of ``a.comfy``; on failure re-run this bench with the rest of the list."""
+    paths = [p for p in a.comfy.split(",") if p and p != "none"]
+    if not paths:
+        return False
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    from comfy_boot import boot
+
+    try:
+        info = boot(paths[0], cpu=a.cpu_check or not torch.cuda.is_available())
+    except Exception as exc:  # a missing comfy-aimdo, a torch ComfyUI refuses: say so and try the next one
+        reason = f"{paths[0]}: {type(exc).__name__}: {exc}"
+        print("ComfyUI unavailable:", reason, flush=True)
+        failed = os.environ.get("WAN_ACCEL_BENCH_COMFY_FAILED", "")
+        env = dict(os.environ, WAN_ACCEL_BENCH_COMFY_FAILED=(failed + "\n" + reason).strip())
+        argv, skip = [], False
+        for arg in sys.argv[1:]:
+            if skip or arg.startswith("--comfy"):
+                skip = arg == "--comfy"  # its value is the next word
+                continue
+            argv.append(arg)
+        rest = ",".join(paths[1:]) or "none"
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv, f"--comfy={rest}"], env)
+    res["comfyui"] = {"path": paths[0], **info}
+    return True
+
+
+def build_module(version: str, comfy: bool) -> torch.nn.Module:
+    """The VAE's module tree at its real widths, random weights (ComfyUI's classes, else diffusers')."""
+    if comfy:
+        if version == "2.1":
+            import comfy.ldm.wan.vae as wv
+
+            m = wv.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                          temperal_downsample=[False, True, True])
+        else:
+            import comfy.ldm.wan.vae2_2 as wv
+
+            m = wv.WanVAE(dim=160, dec_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                          temperal_downsample=[False, True, True])
     else:
         from diffusers import AutoencoderKLWan
 
-        model = randomise_(AutoencoderKLWan(base_dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                                            temperal_downsample=[False, True, True]))
-    return model.to(dev, dtype)
+        extra = {} if version == "2.1" else dict(decoder_base_dim=256, is_residual=True, patch_size=2, in_channels=12,
+                                                 out_channels=12, scale_factor_spatial=16)
+        m = AutoencoderKLWan(base_dim=96 if version == "2.1" else 160, z_dim=16 if version == "2.1" else 48,
+                             dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True], **extra)
+    return randomise_(m)
 
 
-@contextlib.contextmanager
-def kernels_patched(name: str, model):
-    """The engine's decode with the kernels swapped in, as the integration would do it: the rewritten
-    graph, the Triton norm as the context's ``norm_act``, and plans made on the original graph (the
-    planner's memory model does not know the new ops yet)."""
-    import wan_accel.vae_accel  # noqa: F401
-    from wan_accel.vae_accel.kernels.norm_act import norm_act
-    from wan_accel.vae_accel.kernels.rewrite import KernelChoice, accelerate_graph
+def module_call(m, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The module's own decode (raw pixels) or encode (latent mean): the fp32 reference."""
+    if hasattr(m, "post_quant_conv"):  # diffusers
+        return m.decode(x, return_dict=False)[0] if kind == "decode" else m.encode(x).latent_dist.mean
+    return m.decode(x) if kind == "decode" else m.encode(x)
 
-    if CONFIGS[name] is None:
-        yield
-        return
-    choice = KernelChoice(**CONFIGS[name])
-    mod = sys.modules["wan_accel.vae_accel.decode"]
-    saved = mod.decoder_graph, mod.plan_decode, mod.context_for
-    graph, plan, context = saved
 
-    def context_for(*args, **kw):
-        ctx = context(*args, **kw)
-        if choice.norm_conv:
-            ctx.norm_act = norm_act
-        return ctx
+# ------------------------------------------------------------------ one workload
 
-    mod.decoder_graph = lambda vae: accelerate_graph(graph(vae), choice)
-    mod.plan_decode = lambda up, *args, **kw: plan(graph(model).up, *args, **kw)
-    mod.context_for = context_for
+
+def inputs(kind: str, version: str, frames: int, h: int, w: int):
+    """(engine input in ComfyUI's layout, module input in the raw layout)."""
+    if kind == "decode":
+        c, f = (16, 8) if version == "2.1" else (48, 16)
+        z = torch.randn(1, c, (frames - 1) // 4 + 1, h // f, w // f, generator=torch.Generator().manual_seed(frames))
+        return z, z
+    video = torch.full((frames, h, w, 3), 0.5)  # as WanImageToVideo builds it: the start image, then grey
+    video[0] = torch.rand(h, w, 3, generator=torch.Generator().manual_seed(0))
+    return video, video.permute(3, 0, 1, 2)[None] * 2 - 1
+
+
+def as_raw(kind: str, out: torch.Tensor, ref_shape) -> torch.Tensor:
+    """A result in the reference's layout: raw pixels (B, 3, T, H, W) in [-1, 1] or the latent."""
+    if kind == "encode":
+        return out.float().reshape(ref_shape)
+    frames01 = out.float().reshape(ref_shape[0], ref_shape[2], ref_shape[3], ref_shape[4], ref_shape[1])
+    return frames01.movedim(-1, 1) * 2 - 1
+
+
+def accuracy(kind: str, out: torch.Tensor, ref: torch.Tensor) -> dict:
+    d = out.float() - ref.float()
+    mse = d.pow(2).mean().item()
+    peak = 2.0 if kind == "decode" else (ref.max() - ref.min()).item()  # [-1, 1] pixels, or the latent's range
+    return {"max_abs": d.abs().max().item(), "psnr_db": round(10 * math.log10(peak**2 / mse), 2) if mse else math.inf}
+
+
+def configurations(kind, model, native, x_engine):
+    from wan_accel.vae_accel import decode, encode
+
+    run = decode if kind == "decode" else encode
+    configs = {}
+    if native is not None:
+        configs["native"] = (lambda: native.decode(x_engine)) if kind == "decode" else (lambda: native.encode(x_engine))
+    batch = x_engine if kind == "decode" else x_engine[None]
+    configs["ours_plain"] = lambda: run(model, batch, layout="comfy", kernels=False, progress=False)
+    configs["ours_kernels"] = lambda: run(model, batch, layout="comfy", progress=False)  # the default path
+    return configs
+
+
+def timed_call(dev, fn):
     try:
-        yield
-    finally:
-        mod.decoder_graph, mod.plan_decode, mod.context_for = saved
+        with Timer(dev) as t:
+            out = fn()
+    except torch.OutOfMemoryError:
+        return None, {"oom": True}
+    # peak: all allocated at the call's high point (models included); extra: above what was allocated before it
+    return out, {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3), "extra_gib": round(t.extra_gib, 3)}
 
 
-def run_decode(model, z, name, **kw):
-    from wan_accel.vae_accel import decode
+def run_workload(name, a, dev, dtype, comfy, log_lines):
+    from wan_accel.vae_accel import decode_plan
+    from wan_accel.vae_accel.kernels import availability
 
-    with kernels_patched(name, model):
-        return decode(model, z, progress=False, **kw)
-
-
-# ------------------------------------------------------------------ whole decode
-
-
-def to01(raw):
-    return (raw.clamp(-1, 1) + 1) / 2
-
-
-def decode_runs(model, z, ref01, dev, a, res):
-    runs = {}
-
-    def measure(label, name, warm_runs=2, **kw):
-        rows = []
-        for _ in range(1 + warm_runs):
-            with Timer(dev) as t:
-                out = run_decode(model, z, name, **kw)
-            rows.append({"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3)})
-        best = min(rows[1:], key=lambda r: r["s"]) if warm_runs else rows[0]
-        runs[label] = {"first_call_s": rows[0]["s"], "warm_s": best["s"], "peak_gib": best["peak_gib"],
-                       **{k: round(v, 5) for k, v in error_stats(to01(out), ref01).items()}}
-        print(label, runs[label], flush=True)
-        del out
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-
-    modes = (False, True) if dev.type == "cuda" else (False,)
-    for bench_mode in modes:
-        torch.backends.cudnn.benchmark = bench_mode
-        for name in ("engine", "kernels"):
-            measure(f"{name}_cudnn_benchmark_{'on' if bench_mode else 'off'}", name)
-    for name in CONFIGS:
-        if name not in ("engine", "kernels"):
-            measure(f"{name}_cudnn_benchmark_{'on' if modes[-1] else 'off'}", name, warm_runs=1)
-    if dev.type == "cuda":
-        measure("kernels_cudnn_benchmark_on_12gib_budget", "kernels", warm_runs=1, budget_bytes=12 * 2**30)
-    torch.backends.cudnn.benchmark = False
-    if a.comfy:
+    kind, version, frames, h, w = WORKLOADS[name]
+    if a.cpu_check:
+        frames, h, w = CPU_SIZE
+    row = {"kind": kind, "vae": version, "frames": frames, "size": f"{h}x{w}"}
+    fp32 = build_module(version, comfy)
+    x_engine, x_module = inputs(kind, version, frames, h, w)
+    with torch.inference_mode():
+        ref = module_call(fp32.to(dev), kind, x_module.to(dev)).float().cpu()
+        if kind == "decode":
+            ref = ref.clamp(-1, 1)  # pixels, as every VAE node hands them on
+    row["reference"] = f"the fp32 module's own {kind}" + (" (cuDNN TF32 as torch's default allows)" if dev.type == "cuda" else "")
+    model = copy.deepcopy(fp32).to(dev, dtype)  # ours runs the bare module, as the patched VAE hands it over
+    native = None
+    if comfy:
         import comfy.sd
 
-        vae = comfy.sd.VAE(sd={k: v.float() for k, v in model.state_dict().items()})
-        ref_bthwc = ref01.movedim(1, -1)
-        rows = []
-        for _ in range(3):
-            with Timer(dev) as t:
-                out = vae.decode(z)
-            rows.append({"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3)})
-        runs["native_VAE.decode"] = {"first_call_s": rows[0]["s"], "warm_s": min(r["s"] for r in rows[1:]),
-                                     "peak_gib": rows[-1]["peak_gib"], "dtype": str(vae.vae_dtype),
-                                     **{k: round(v, 5) for k, v in error_stats(out.reshape(ref_bthwc.shape), ref_bthwc).items()}}
-        print("native", runs["native_VAE.decode"], flush=True)
-    res["decode"] = runs
+        native = comfy.sd.VAE(sd=fp32.cpu().state_dict())
+        row["native_dtype"] = str(native.vae_dtype)
+    del fp32
+    if kind == "decode":
+        plan = decode_plan(model, x_engine.shape)
+        row["plan"] = {"tile": [plan.tile_h, plan.tile_w], "slice": plan.slice_len, "est_gib": round(plan.est_bytes / 2**30, 3)}
+    configs = configurations(kind, model, native, x_engine)
+    calls = {c: [] for c in configs}
+    for rep in range(1 + a.warm):
+        for c, fn in configs.items():
+            availability.reset_counts()
+            first_log = len(log_lines)
+            out, stats = timed_call(dev, fn)
+            calls[c].append(stats)
+            if rep == 0:
+                row[c] = {"first_call": stats, "norm_paths": availability.paths_taken(), "log": log_lines[first_log:]}
+                if out is not None:
+                    row[c].update(accuracy(kind, as_raw(kind, out, ref.shape), ref))
+            del out
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    for c, rows in calls.items():
+        warm = [r for r in rows[1:] if "s" in r]
+        row[c]["warm"] = min(warm, key=lambda r: r["s"]) if warm else None
+        print(name, c, json.dumps(row[c]), flush=True)
+    if a.cpu_check:  # the tiled, sliced engine on the kernels too (the default plan is one tile on the CPU)
+        from wan_accel.vae_accel import decode, encode
+
+        batch = x_engine if kind == "decode" else x_engine[None]
+        tile = 2 if version == "2.1" else 1  # several tiles with halos at the tiny size
+        out = (decode if kind == "decode" else encode)(model, batch, layout="comfy", tile=tile, slice_len=1, progress=False)
+        row["ours_kernels_tiled"] = accuracy(kind, as_raw(kind, out, ref.shape), ref)
+    ratios(row)
+    return row
 
 
-KERNEL_KINDS = (  # first match wins; names of CUDA kernels (cuDNN, ATen, Triton)
-    ("triton_norm_act", ("norm_act_kernel",)),
-    ("torch_compile", ("triton_",)),
-    ("conv", ("conv", "xmma", "gemm", "cudnn", "cutlass", "implicit", "fprop", "sm90_", "sm80_")),
-    ("cat", ("catarray", "cat_")),
-    ("upsample", ("upsample", "nearest")),
-    ("copy_layout", ("copy",)),
-    ("reduce", ("reduce", "norm")),
-    ("elementwise", ("elementwise",)),
-)
+def ratios(row):
+    native = row.get("native")
+    if not native:
+        return
+    for c in ("ours_plain", "ours_kernels"):
+        mine = row.get(c, {})
+        for when in ("first_call", "warm"):
+            if native.get(when) and mine.get(when) and "s" in native[when] and "s" in mine[when]:
+                mine[f"speedup_vs_native_{when}"] = round(native[when]["s"] / mine[when]["s"], 3)
 
 
-def kind_of(name: str) -> str:
-    low = name.lower()
-    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+# ------------------------------------------------------------------ first call of a fresh process
 
 
-def kernel_table(prof, limit=25):
-    """Top kernels by GPU (or, on the CPU, op) self time, the total and the time per kind of kernel."""
+def first_call_child(a, dev, dtype, comfy):
+    """In the child: build everything untimed, then time one call of one configuration; one JSON line."""
+    name, config = a.first_call.split(":")
+    kind, version, frames, h, w = WORKLOADS[name]
+    if a.cpu_check:
+        frames, h, w = CPU_SIZE
+    fp32 = build_module(version, comfy)
+    x_engine, _ = inputs(kind, version, frames, h, w)
+    model = copy.deepcopy(fp32).to(dev, dtype)
+    native = None
+    if comfy:
+        import comfy.sd
+
+        native = comfy.sd.VAE(sd=fp32.state_dict())
+    fn = configurations(kind, model, native, x_engine)[config]
+    _, stats = timed_call(dev, fn)  # native's includes ComfyUI moving the weights to the GPU, as in a real first run
+    print(json.dumps(stats))
+
+
+def fresh_processes(a, comfy):
+    runs, cache = {}, tempfile.mkdtemp(prefix="triton_cold_")
+    plan = ([("native", "native", None)] if comfy else []) + [
+        ("ours_plain", "ours_plain", None), ("ours_kernels_empty_triton_cache", "ours_kernels", cache),
+        ("ours_kernels_warm_triton_cache", "ours_kernels", cache)]
+    for label, config, triton_cache in plan:
+        cmd = [sys.executable, os.path.abspath(__file__), f"--first-call=decode21:{config}", f"--comfy={a.comfy}"]
+        cmd += ["--cpu-check"] if a.cpu_check else []
+        env = dict(os.environ, **({"TRITON_CACHE_DIR": triton_cache} if triton_cache else {}))
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        runs[label] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": (done.stdout + done.stderr)[-2000:]}
+        print("fresh process decode21", label, runs[label], flush=True)
+    return runs
+
+
+# ------------------------------------------------------------------ profile
+
+
+def profile_default_decode(dev, dtype, comfy):
+    from wan_accel.vae_accel import decode
+
+    kind, version, frames, h, w = WORKLOADS["decode21"]
+    model = build_module(version, comfy).to(dev, dtype)
+    z, _ = inputs(kind, version, frames, h, w)
+    decode(model, z, progress=False)  # warm: shapes tuned, kernels compiled
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        decode(model, z, progress=False)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     events = prof.key_averages()
     attr = "self_device_time_total" if any(getattr(e, "self_device_time_total", 0) for e in events) else "self_cpu_time_total"
     events = sorted(events, key=lambda e: getattr(e, attr), reverse=True)
     total = sum(getattr(e, attr) for e in events)
-    top = [{"name": e.key[:120], "calls": e.count, "ms": round(getattr(e, attr) / 1e3, 2),
-            "share": round(getattr(e, attr) / max(total, 1), 4)} for e in events[:limit]]
-    kinds: dict = {}
-    for e in events:
-        if getattr(e, attr):
-            kinds[kind_of(e.key)] = kinds.get(kind_of(e.key), 0) + getattr(e, attr) / 1e3
-    return {"time": attr, "total_ms": round(total / 1e3, 1), "by_kind_ms": {k: round(v, 1) for k, v in kinds.items()}, "top": top}
-
-
-def profiles(model, z, dev):
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    out = {}
-    for bench_mode in ((False, True) if dev.type == "cuda" else (False,)):
-        torch.backends.cudnn.benchmark = bench_mode
-        for name in ("engine", "kernels"):
-            run_decode(model, z, name)  # warm (shapes tuned, kernels compiled)
-            with torch.profiler.profile(activities=acts) as prof:
-                run_decode(model, z, name)
-                sync(dev)
-            label = f"{name}_cudnn_benchmark_{'on' if bench_mode else 'off'}"
-            out[label] = kernel_table(prof)
-            print(label, json.dumps(out[label]["top"][:8]), flush=True)
-    torch.backends.cudnn.benchmark = False
-    return out
-
-
-# ------------------------------------------------------------------ first decode of a fresh process
-
-
-def first_call_child(a, dev, dtype):
-    """In the child process: build the model, decode once, print the seconds as a JSON line."""
-    model = build_model(a, dev, dtype)
-    z = latent(a)
-    if a.first_call == "native":
-        import comfy.sd
-
-        vae = comfy.sd.VAE(sd={k: v.float() for k, v in model.state_dict().items()})
-        fn = lambda: vae.decode(z)  # noqa: E731 - includes ComfyUI moving the weights to the GPU
-    else:
-        fn = lambda: run_decode(model, z, a.first_call)  # noqa: E731
-    with Timer(dev) as t:
-        fn()
-    print(json.dumps({"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3)}))
-
-
-def fresh_processes(a):
-    runs, cold = {}, tempfile.mkdtemp(prefix="triton_cold_")
-    plan = [("engine", None), ("kernels_empty_triton_cache", cold), ("kernels_warm_triton_cache", cold)]
-    if a.comfy:
-        plan.insert(0, ("native", None))
-    for label, cache in plan:
-        name = "kernels" if label.startswith("kernels") else label
-        cmd = [sys.executable, os.path.abspath(__file__), "--first-call", name, "--frames", str(a.frames), "--size", a.size]
-        cmd += (["--comfy", a.comfy] if a.comfy else []) + (["--small"] if a.small else [])
-        env = dict(os.environ, **({"TRITON_CACHE_DIR": cache} if cache else {}))
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-        runs[label] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": done.stderr[-2000:]}
-        print("fresh process", label, runs[label], flush=True)
-    return runs
+    return {"time": attr, "total_ms": round(total / 1e3, 1),
+            "top": [{"name": e.key[:120], "calls": e.count, "ms": round(getattr(e, attr) / 1e3, 2)} for e in events[:25]]}
 
 
 # ------------------------------------------------------------------ main
 
 
-def latent(a):
-    H, W = (int(v) for v in a.size.split("x"))
-    T = (a.frames - 1) // 4 + 1
-    return torch.randn(1, 16, T, H // 8, W // 8, generator=torch.Generator().manual_seed(a.frames))
+class KernelLog(logging.Handler):
+    """The engine's log lines (a kernel that failed to compile says so there)."""
 
-
-def main():
-    a = parse()
-    if not a.keep_triton_cache and not a.first_call and "TRITON_CACHE_DIR" not in os.environ:
-        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton_bench_")  # first calls really compile
-    load_comfy(a.comfy)
-    load_wan_accel()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if a.first_call:
-        return first_call_child(a, dev, dtype)
-    from wan_accel.vae_accel import build_decoder, decode
-    from wan_accel.vae_accel.planner import plan_decode
-    from wan_accel.vae_accel.runtime import default_budget, element_size
-
-    skip = set(a.skip.split(","))
-    kernel_log = CapturedLog()
-    logging.getLogger("wan_accel").addHandler(kernel_log)
-    logging.getLogger("wan_accel").setLevel(logging.INFO)
-    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-           "dtype": str(dtype), "frames": a.frames, "size": a.size, "model": "comfy WanVAE" if a.comfy else "diffusers AutoencoderKLWan"}
-    with contextlib.suppress(ImportError):
-        import triton
-
-        res["triton"] = triton.__version__
-    model = build_model(a, dev, dtype)
-    z = latent(a)
-    _, _, T, h, w = z.shape
-    plan = plan_decode(build_decoder(model).up, (h, w), T, element_size(dtype), default_budget(dev))
-    res["plan"] = {"tile": [plan.tile_h, plan.tile_w], "slice": plan.slice_len, "est_gib": round(plan.est_bytes / 2**30, 3),
-                   "budget_gib": None if plan.budget_bytes is None else round(plan.budget_bytes / 2**30, 2)}
-    print("plan", res["plan"], flush=True)
-    if "micro" not in skip:
-        calls = record_step(lambda fault: run_decode(model, z, "engine", fault=fault))
-        res["micro"] = {}
-        for bench_mode in ((False, True) if dev.type == "cuda" else (False,)):
-            torch.backends.cudnn.benchmark = bench_mode
-            res["micro"][f"cudnn_benchmark_{'on' if bench_mode else 'off'}"] = micro(calls, dev, dtype, a.reps)
-        torch.backends.cudnn.benchmark = False
-    if "decode" not in skip:
-        ref = build_model(a, dev, torch.float32)
-        ref01 = to01(decode(ref, z, progress=False))
-        del ref
-        res["reference"] = "the engine's float32 decode (cuDNN may use TF32, torch's default)"
-        decode_runs(model, z, ref01, dev, a, res)
-        del ref01
-    if "profile" not in skip:
-        res["profile"] = profiles(model, z, dev)
-    if "fresh" not in skip:
-        res["fresh_process_first_decode"] = fresh_processes(a)
-    res["kernel_log"] = kernel_log.lines  # a Triton kernel that failed here says so (and the torch path ran)
-    write_json(a.out, res)
-
-
-class CapturedLog(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
         self.lines: list[str] = []
 
     def emit(self, record):
-        if "kernels" in record.getMessage():
-            self.lines.append(record.getMessage())
+        self.lines.append(record.getMessage())
+
+
+def main():
+    a = parse()
+    started = time.perf_counter()
+    if not a.first_call and "TRITON_CACHE_DIR" not in os.environ:
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton_bench_")  # first calls really compile
+    res = {"args": vars(a), "torch": torch.__version__}
+    failed = os.environ.get("WAN_ACCEL_BENCH_COMFY_FAILED")
+    if failed:
+        res["comfyui_failed"] = failed.splitlines()
+    comfy = start_comfy(a, res)
+    load_wan_accel()
+    dev = torch.device("cuda" if torch.cuda.is_available() and not a.cpu_check else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if a.first_call:
+        return first_call_child(a, dev, dtype, comfy)
+    res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    res["dtype"] = str(dtype)
+    with contextlib.suppress(ImportError):
+        import triton
+
+        res["triton"] = triton.__version__
+    if not comfy:
+        res["native"] = "no ComfyUI: engine only, no native anchor"
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            res["error"] = "neither ComfyUI nor diffusers importable: no Wan VAE module tree to run"
+            write_json(a.out, res)
+            sys.exit(2)
+    log = KernelLog()
+    logging.getLogger("wan_accel").addHandler(log)
+    logging.getLogger("wan_accel").setLevel(logging.INFO)
+    if dev.type == "cuda":  # cuDNN and cuBLAS handles exist before any configuration's first call
+        torch.nn.functional.conv3d(torch.zeros(1, 8, 2, 8, 8, device=dev, dtype=dtype), torch.zeros(8, 8, 1, 3, 3, device=dev, dtype=dtype))
+        torch.cuda.synchronize()
+    res["skipped"] = []
+    for part in a.parts.split(","):
+        if time.perf_counter() - started > a.budget_s:
+            res["skipped"].append(part)
+            continue
+        t0 = time.perf_counter()
+        if part in WORKLOADS:
+            res[part] = run_workload(part, a, dev, dtype, comfy, log.lines)
+        elif part == "fresh":
+            res["fresh_process_first_decode21"] = fresh_processes(a, comfy)
+        elif part == "profile":
+            res["profile_default_decode21"] = profile_default_decode(dev, dtype, comfy)
+        else:
+            raise SystemExit(f"unknown part {part!r}: the parts are {', '.join([*WORKLOADS, 'fresh', 'profile'])}")
+        res.setdefault("part_seconds", {})[part] = round(time.perf_counter() - t0, 1)
+        res["total_s"] = round(time.perf_counter() - started, 1)
+        write_json(a.out, res)
+    res["total_s"] = round(time.perf_counter() - started, 1)
+    write_json(a.out, res)
+    if a.cpu_check:
+        check_exact(res)
+
+
+def check_exact(res):
+    """--cpu-check: ours (fp32, CPU) must equal the fp32 module, kernels on and off, tiled and whole."""
+    bad = []
+    for name in WORKLOADS:
+        row = res.get(name)
+        if not row:
+            continue
+        for c in ("ours_plain", "ours_kernels", "ours_kernels_tiled"):
+            err = row[c]["max_abs"] if "max_abs" in row.get(c, {}) else None
+            if err is None or err > EXACT:
+                bad.append(f"{name} {c}: max abs {err}")
+    if bad:
+        raise SystemExit("not exact: " + "; ".join(bad))
+    print("cpu-check: exact (<= %g) on every workload, kernels on and off" % EXACT)
 
 
 if __name__ == "__main__":

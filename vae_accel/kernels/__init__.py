@@ -8,5 +8,7 @@
   :class:`~.fused.FusedResBlock` (its residual add deferred into the next norm);
 - :mod:`.rewrite`: :func:`~.rewrite.accelerate_graph`, a copy of a decoder/encoder graph with
   those ops swapped in.
-Exact like the ops they replace (tests/test_vae_kernels.py).
+Exact like the ops they replace (tests/test_vae_kernels.py). On by default: decode and encode run their
+cached graph rewritten (``RunOptions.kernels``; False runs the plain ops). bench/vae_kernels.py measures
+both against ComfyUI's native VAE.
 """
