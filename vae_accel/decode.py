@@ -100,8 +100,10 @@ def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext
     return box["store"]
 
 
-def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecContext, sink, layout, bar, fault):
-    T, _, H, W = stem_out.shape
+def tile_step(graph: DecoderGraph, stem_out, b: int, ctx: ExecContext, sink: HostSink, layout: str):
+    """The step ``tile_loop`` runs for video ``b``: one tile's slice of frames through the up path on
+    ``ctx``'s device, streamed into ``sink``."""
+    _, _, H, W = stem_out.shape
     size = (H, W)
     sf = graph.space_factor
 
@@ -113,7 +115,13 @@ def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecConte
         y = graph.up.run(x, Rect.full(size), out_rect, size, state, ctx)
         _emit(sink, y, b, out_frame(f0, graph.time_factor), out_rect, layout, full_width=out_rect.width == W * sf)
 
-    tile_loop(plan.tiles(size), T, plan.slice_len, step, device=ctx.device, fault=fault, bar=bar, stage="decode")
+    return step
+
+
+def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecContext, sink, layout, bar, fault):
+    T, _, H, W = stem_out.shape
+    step = tile_step(graph, stem_out, b, ctx, sink, layout)
+    tile_loop(plan.tiles((H, W)), T, plan.slice_len, step, device=ctx.device, fault=fault, bar=bar, stage="decode")
 
 
 def _emit(sink: HostSink, y: torch.Tensor, b: int, t0: int, r: Rect, layout: str, full_width: bool) -> None:

@@ -90,10 +90,11 @@ def _read(video, b: int, layout: str, frames: tuple[int, int], rect: Rect, ctx) 
     return x
 
 
-def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar, fault) -> torch.Tensor:
-    """Down-path features of every tile, gathered on the host as (T', C, h, w)."""
+def tile_step(graph: EncoderGraph, video, b: int, layout: str, T_lat: int, ctx, box: dict):
+    """The step ``tile_loop`` runs for video ``b``: one tile's slice of frames through the down path on
+    ``ctx``'s device, its features written into ``box["store"]`` (host, (T', C, h, w), made by the first
+    step of any tile; ``setdefault`` keeps one store when steps of several devices race to make it)."""
     tf, sf = graph.time_factor, graph.space_factor
-    box = {}
     if layout == "comfy":
         size = (video.shape[2], video.shape[3])
     else:
@@ -104,11 +105,19 @@ def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar,
         inr = graph.down.need(rect, size)  # the down path's output grid is the latent grid
         x = _read(video, b, layout, (in_frame(f0, tf), in_frame(f1, tf)), inr, ctx)
         y = graph.down.run(x, inr, rect, size, state, ctx)
-        if "store" not in box:
-            box["store"] = torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype)  # host: flat VRAM in frames
-        box["store"][f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
+        store = box.get("store")
+        if store is None:  # host: flat VRAM in frames
+            store = box.setdefault("store", torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype))
+        store[f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
 
-    tile_loop(tiles, T_lat, k, step, device=ctx.device, fault=fault, bar=bar, stage="encode")
+    return step
+
+
+def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar, fault) -> torch.Tensor:
+    """Down-path features of every tile, gathered on the host as (T', C, h, w)."""
+    box = {}
+    tile_loop(tiles, T_lat, k, tile_step(graph, video, b, layout, T_lat, ctx, box), device=ctx.device, fault=fault,
+              bar=bar, stage="encode")
     return box["store"]
 
 
