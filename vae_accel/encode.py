@@ -13,12 +13,13 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
+from . import multi_device
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
 from .planner import plan_encode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import default_budget, element_size
+from .runtime import element_size
 from .schedule import frame_loop, steps_for, tile_loop
 from .validate import check_video
 
@@ -58,20 +59,31 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
         log.info("wan_accel: encoding %d of %d frames (Wan encodes 1 + %dk frames; the last %d are dropped, as in ComfyUI)",
                  in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
     h, w = H // sf, W // sf
-    budget_bytes = o.budget_bytes if o.budget_bytes is not None else default_budget(ctx.device, kind="encode")
+    devices = multi_device.devices_for(o, ctx, find_module(vae), "encode")
+    budget_bytes = o.budget_bytes if o.budget_bytes is not None else multi_device.shared_budget(devices, "encode")
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
 
     out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)
     tiles = plan.tiles((h, w))
     bar = make_progress(o.progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
+    # one whole-frame tile (the usual plan) has nothing to share: the main device runs it
+    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.down) if len(tiles) > 1 else []
     with torch.inference_mode():
         for b in range(B):
             with phase("vae.encode_tiles", tiles=len(tiles)):
-                features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, o.fault)
+                if workers:
+                    box = {}
+                    multi_device.run_tiles(workers, tiles, T_lat, plan.slice_len,
+                                           lambda w: tile_step(graph, video, b, layout, T_lat, w.ctx, box),
+                                           bar=bar, fault=o.fault, stage="encode")
+                    features = box["store"]
+                else:
+                    features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, o.fault)
             with phase("vae.encode_middle", frames=T_lat):
                 _run_tail(graph, features, out, b, plan.slice_len, ctx, bar, o.fault)
             del features
+    multi_device.finish(workers, "encode")
     bar.close()
     return out
 

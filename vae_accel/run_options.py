@@ -28,7 +28,9 @@ class RunOptions:
     the compiled norm+SiLU (default: channels-last on CUDA; fused norm only with
     WAN_ACCEL_FUSED_NORM=1). ``weights`` (context.WeightSource) hands out each conv's weights for one
     use at a time (the bridge passes ComfyUI's own cast); by default the module's own tensors are moved
-    to the device once and kept for the run."""
+    to the device once and kept for the run. ``devices`` spreads the tiles over several devices
+    (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
+    sequence such as ``("cuda:0", "cuda:1")``. The stem and the encode's middle block stay on ``device``."""
 
     budget_bytes: int | None = None
     tile: int | None = None
@@ -40,6 +42,7 @@ class RunOptions:
     channels_last: bool | None = None
     fused_norm: bool | None = None
     weights: WeightSource | None = None
+    devices: tuple | str | None = None
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **changes) -> "RunOptions":
