@@ -272,3 +272,45 @@ def test_bands_are_cut_so_every_device_gets_an_equal_share():
     assert plan_for_devices(squares, up, (34, 40), 2, 4) is squares
     pinned = Plan(12, 40, 2, 1, None, "user override")
     assert plan_for_devices(pinned, up, (34, 40), 2, 4) is pinned
+
+
+# --- inside a real ComfyUI (COMFYUI_PATH) -------------------------------------------------------
+
+from test_vae_nodes import NODES, validate  # noqa: E402,F401  (the fixture: ComfyUI's own prompt validation)
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_devices_input_is_validated_before_the_prompt_runs(validate, node):  # noqa: F811
+    assert validate(node, devices="auto") == []
+    assert validate(node, devices=" AUTO ") == []
+    for text, needle in [("gpu", "is not understood"), ("0,0", "names a device twice"), ("", "is empty"),
+                         ("0", "sees none")]:  # the test ComfyUI runs on the CPU
+        errors = validate(node, devices=text)
+        assert len(errors) == 1 and needle in errors[0], (text, errors)
+
+
+def test_devices_reach_the_engine_and_auto_on_the_cpu_is_the_one_device_run(comfyui, monkeypatch):
+    import sys
+
+    from comfy_support import comfy_vae, load_our_nodes, random_wan_vae_sd
+
+    mappings = load_our_nodes()
+    package = mappings["WanAccelVAEDecode"].__module__.rsplit(".", 2)[0]  # as ComfyUI imported it
+    multi_device = sys.modules[package + ".vae_accel.multi_device"]
+    vae = comfy_vae(random_wan_vae_sd("2.1"))
+    z = {"samples": _latent((1, 16, 2, 5, 4), seed=9)}
+    seen = []
+    real = multi_device.make_workers
+
+    def spy(devices, *args, **kwargs):
+        seen.append(list(devices))
+        return real(devices, *args, **kwargs)
+
+    monkeypatch.setattr(multi_device, "make_workers", spy)
+    default = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae).result[0]
+    auto = mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae, devices="auto").result[0]
+    assert torch.equal(default, auto) and seen == [[torch.device("cpu")]] * 2
+    with pytest.raises(ValueError, match="sees none"):  # a linked value is checked when the node runs
+        mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae, devices="1")
+    patched = mappings["WanAccelVAEPatch"].execute(vae=vae, devices="0,1").result[0]
+    assert patched.wan_accel_overrides.devices == "0,1"

@@ -82,7 +82,7 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
 
 
 def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions, devices) -> Plan:
-    budget_bytes = o.budget_bytes if o.budget_bytes is not None else multi_device.shared_budget(devices, "decode")
+    budget_bytes = multi_device.shared_budget(devices, "decode", o.budget_bytes, ctx.device)
     plan = plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len)
     return multi_device.plan_for_devices(plan, graph.up, tuple(shape[-2:]), len(devices), element_size(ctx.dtype))
 

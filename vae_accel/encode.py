@@ -60,7 +60,7 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
                  in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
     h, w = H // sf, W // sf
     devices = multi_device.devices_for(o, ctx, find_module(vae), "encode")
-    budget_bytes = o.budget_bytes if o.budget_bytes is not None else multi_device.shared_budget(devices, "encode")
+    budget_bytes = multi_device.shared_budget(devices, "encode", o.budget_bytes, ctx.device)
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
 

@@ -34,7 +34,7 @@ from .budget import LIMITS
 from .op_base import ModuleRef, Seq, walk
 from .planner import MIN_TILE, Plan, estimate_bytes
 from .rect import Rect
-from .runtime import default_budget, element_size, is_oom, release_memory
+from .runtime import default_budget, element_size, free_memory, is_oom, release_memory
 from .schedule import tile_loop
 from .sink import HostSink
 
@@ -48,8 +48,14 @@ def devices_for(options, ctx: ExecContext, module: torch.nn.Module, kind: str) -
     return resolve_devices(options.devices, ctx.device, need_bytes=LIMITS[kind][0] + weights)
 
 
-def shared_budget(devices: list[torch.device], kind: str) -> int | None:
-    """The default budget every device can afford (the least of theirs): one plan runs on all of them."""
+def shared_budget(devices: list[torch.device], kind: str, chosen: int | None = None,
+                  main: torch.device | None = None) -> int | None:
+    """The budget every device can afford, since one plan runs on all of them: the least of their default
+    budgets, or the caller's ``chosen`` budget (made for the ``main`` device) capped at what each other
+    CUDA device has free."""
+    if chosen is not None:
+        free = [free_memory(d) for d in dict.fromkeys(devices) if d.type == "cuda" and d != main]
+        return min([chosen, *free])
     budgets = [b for b in (default_budget(d, kind=kind) for d in dict.fromkeys(devices)) if b is not None]
     return min(budgets) if budgets else None
 
