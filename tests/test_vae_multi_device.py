@@ -154,6 +154,30 @@ def test_last_device_shrinks_on_out_of_memory_as_one_device_does(caplog):
     assert sum("retrying with 2-frame slices" in m for m in messages) == 1
 
 
+def test_a_callers_weight_source_is_asked_on_the_calling_thread_only():
+    """ComfyUI's cast (the bridge's weight source) must not run on worker threads: the other devices get
+    copies fetched through it up front, on the caller's thread; the output is unchanged."""
+    from contextlib import contextmanager
+
+    from wan_accel.vae_accel.ops import module_weights
+
+    model = wan21()
+    z = _latent((1, 16, 3, 8, 9), seed=10)
+    threads = set()
+
+    @contextmanager
+    def source(module, device, dtype):
+        threads.add(threading.current_thread())
+        with module_weights(module, device, dtype) as held:
+            yield held
+
+    one = decode(model, z, tile=4, slice_len=1, progress=False, weights=source)
+    workers = _Workers()
+    two = decode(model, z, tile=4, slice_len=1, progress=False, weights=source, devices=TWO, fault=workers)
+    assert torch.equal(one, two) and set(workers.steps) == {0, 1}
+    assert threads == {threading.current_thread()}
+
+
 def test_every_device_failing_names_the_fix():
     model = wan21()
     z = _latent((1, 16, 2, 6, 6), seed=5)

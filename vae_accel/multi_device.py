@@ -125,7 +125,7 @@ def _copied_weights(path: Seq, ctx: ExecContext, device: torch.device):
             if getattr(module, "weight", None) is None or module in held:
                 continue
             with ctx.source(module, ctx.device, ctx.dtype) as (w, b):
-                held[module] = (w.to(device), None if b is None else b.to(device))
+                held[module] = (w.to(device, copy=True), None if b is None else b.to(device, copy=True))
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)  # the source may reuse its buffers once its copies are done
 
@@ -266,11 +266,14 @@ def run_tiles(workers: list[Worker], tiles: list[Rect], total: int, k: int, make
         steps.drain()
     except BaseException as exc:
         dealer.stop(exc)
-        raise
-    finally:
         for t in threads:
             t.join()
+        finish(workers, stage)  # the call ends here: the extra devices' weights and memory go now
+        raise
+    for t in threads:
+        t.join()
     if dealer.pending:
+        finish(workers, stage)
         raise _all_failed(stage, dealer.errors)
 
 
