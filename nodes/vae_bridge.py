@@ -18,6 +18,7 @@ from ..vae_accel.decode import decoder_graph
 from ..vae_accel.encode import encoder_graph
 from ..vae_accel import decode as engine_decode
 from ..vae_accel import encode as engine_encode
+from ..vae_accel import devices as engine_devices
 from ..vae_accel import options
 from ..vae_accel.budget import plan_budget
 from ..vae_accel.ops import module_weights
@@ -30,6 +31,7 @@ class Overrides:
     max_vram_gb: float = 0.0
     tile_size: int = 0  # output pixels
     slice_frames: int = 0  # latent frames
+    devices: str = "auto"  # devices.parse_devices: "auto" or CUDA indices such as "0,1"
 
 
 def unsupported_reason(vae, uses=("decode", "encode")) -> str | None:
@@ -84,9 +86,15 @@ def _start(vae, overrides: Overrides, use: str):
     graph = _require_supported(vae, use)
     problem = options.plan_input_problem(overrides.max_vram_gb, overrides.tile_size, overrides.slice_frames,
                                          space_factor=graph.space_factor)
+    problem = problem or engine_devices.devices_problem(overrides.devices, visible_cuda_devices())
     if problem:
         raise ValueError(problem)
     return graph
+
+
+def visible_cuda_devices() -> int:
+    """How many CUDA devices this ComfyUI can spread a VAE over (none when it runs on the CPU)."""
+    return engine_devices.visible_cuda_devices() if mm.get_torch_device().type == "cuda" else 0
 
 
 def _load(vae) -> None:
@@ -101,7 +109,8 @@ def _run_options(vae, overrides: Overrides, graph, kind: str, shape) -> RunOptio
     """How the engine runs a ``kind`` call on an input of ``shape`` (core's layout), once the VAE is loaded."""
     return RunOptions(device=vae.device, dtype=vae.vae_dtype, budget_bytes=budget(vae, kind, shape, overrides.max_vram_gb),
                       tile=options.tile_latent(overrides.tile_size, graph.space_factor),
-                      slice_len=overrides.slice_frames or None, progress=_progress(), weights=comfy_weights)
+                      slice_len=overrides.slice_frames or None, progress=_progress(), weights=comfy_weights,
+                      devices=overrides.devices)
 
 
 @contextlib.contextmanager

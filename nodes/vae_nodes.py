@@ -6,6 +6,7 @@ import logging
 from comfy_api.latest import io
 
 from ..vae_accel import options
+from ..vae_accel.devices import AUTO, devices_problem
 from . import vae_bridge
 
 log = logging.getLogger("wan_accel")
@@ -29,6 +30,14 @@ def _plan_inputs() -> list:
         io.Int.Input("slice_frames", default=0, min=0, max=options.MAX_SLICE_FRAMES, step=1, optional=True,
                      tooltip="Latent frames per step (each is 4 video frames); more is faster "
                              "and uses more VRAM. 0: the planner chooses."),
+        io.String.Input("devices", default=AUTO, optional=True,
+                        tooltip="GPUs that share the VAE's tiles. auto: every visible GPU with enough free memory, "
+                                "the VAE's own GPU first (on one GPU, or on the CPU, just that device, as without "
+                                "this input). Or CUDA indices such as 0,1. The frames match a one-GPU run (bitwise for the same tiles). "
+                                "Each extra GPU holds a copy of the VAE's weights for the call and the plan's "
+                                "budget; one that fails or runs out of memory hands its tiles to the others. "
+                                "Encode shares only a plan of more than one tile (tiled by max_vram_gb or "
+                                "tile_size); the stem and the encode's middle block run on the VAE's own GPU."),
     ]
 
 
@@ -39,8 +48,9 @@ class PlanInputsNode(io.ComfyNode):
     checked here too; slice_frames keeps ComfyUI's check."""
 
     @classmethod
-    def validate_inputs(cls, max_vram_gb=0.0, tile_size=0):
-        return options.vram_problem(max_vram_gb) or options.tile_problem(tile_size) or True
+    def validate_inputs(cls, max_vram_gb=0.0, tile_size=0, devices=AUTO):
+        return (options.vram_problem(max_vram_gb) or options.tile_problem(tile_size)
+                or devices_problem(devices, vae_bridge.visible_cuda_devices()) or True)
 
 
 class WanAccelVAEDecode(PlanInputsNode):
@@ -61,8 +71,9 @@ class WanAccelVAEDecode(PlanInputsNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
-        images = vae_bridge.decode(vae, samples["samples"], vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
+    def execute(cls, samples, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
+        images = vae_bridge.decode(vae, samples["samples"],
+                                   vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames, devices))
         if images.dim() == 5:  # video batches flatten to frames, as core VAE Decode does
             images = images.reshape(-1, *images.shape[-3:])
         return io.NodeOutput(images)
@@ -87,8 +98,8 @@ class WanAccelVAEEncode(PlanInputsNode):
         )
 
     @classmethod
-    def execute(cls, pixels, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
-        latent = vae_bridge.encode(vae, pixels, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
+    def execute(cls, pixels, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
+        latent = vae_bridge.encode(vae, pixels, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames, devices))
         return io.NodeOutput({"samples": latent})
 
 
@@ -107,12 +118,12 @@ class WanAccelVAEPatch(PlanInputsNode):
         )
 
     @classmethod
-    def execute(cls, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0) -> io.NodeOutput:
+    def execute(cls, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
         reason = vae_bridge.unsupported_reason(vae)
         if reason:
             log.info("wan_accel: WanAccelVAEPatch leaves this VAE unchanged: %s", reason)
             return io.NodeOutput(vae)
-        patched = vae_bridge.patch(vae, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames))
+        patched = vae_bridge.patch(vae, vae_bridge.Overrides(max_vram_gb, tile_size, slice_frames, devices))
         return io.NodeOutput(patched)
 
 

@@ -110,7 +110,7 @@ _SCHEMA_SCRIPT = textwrap.dedent('''
     for name, mod in {"comfy_api": types.ModuleType("comfy_api"), "comfy_api.latest": latest,
                       "comfy_api.latest.io": io, "comfy": types.ModuleType("comfy"),
                       "comfy.model_management": types.ModuleType("comfy.model_management"),
-                      "comfy.utils": types.ModuleType("comfy.utils")}.items():
+                      "comfy.utils": types.ModuleType("comfy.utils"), "comfy.ops": types.ModuleType("comfy.ops")}.items():
         sys.modules[name] = mod
     sys.modules["comfy"].model_management = sys.modules["comfy.model_management"]
     sys.modules["comfy"].utils = sys.modules["comfy.utils"]

@@ -15,6 +15,7 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
+from . import multi_device
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
 from .kernels.rewrite import accelerated
@@ -22,7 +23,7 @@ from .planner import Plan, plan_decode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import default_budget, element_size
+from .runtime import element_size
 from .schedule import frame_loop, steps_for, tile_loop
 from .sink import HostSink
 from .validate import check_latent
@@ -53,7 +54,8 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     ctx = o.context(find_module(vae))
     latent = check_latent(latent, graph.latent_channels)
     B, _, T, H, W = latent.shape
-    plan = _plan(graph, latent.shape, ctx, o)
+    devices = multi_device.devices_for(o, ctx, find_module(vae), "decode")
+    plan = _plan(graph, latent.shape, ctx, o, devices)
     log.debug("wan_accel decode plan: %s", plan)
 
     oh, ow = graph.up.out_size((H, W))
@@ -61,28 +63,38 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     c = graph.out_channels
     sink = HostSink((B, c, ot, oh, ow) if layout == "raw" else (B, ot, oh, ow, c), ctx.device)
     bar = make_progress(o.progress, total=B * steps_for(len(plan.tiles((H, W))), T, plan.slice_len))
+    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.up, sink)  # none: one device
     with torch.inference_mode():
         for b in range(B):
             with phase("vae.stem", frames=T):
                 stem_out = _run_stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault)
             with phase("vae.tiles", tiles=len(plan.tiles((H, W)))):
-                _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, o.fault)
+                if workers:
+                    multi_device.run_tiles(workers, plan.tiles((H, W)), T, plan.slice_len,
+                                           lambda w: tile_step(graph, stem_out, b, w.ctx, w.sink, layout),
+                                           bar=bar, fault=o.fault, stage="decode")
+                else:
+                    _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, o.fault)
             del stem_out
         with phase("vae.copies"):
             out = sink.finish()
+    multi_device.finish(workers, "decode")
     bar.close()
     return out
 
 
-def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions) -> Plan:
-    budget_bytes = o.budget_bytes if o.budget_bytes is not None else default_budget(ctx.device)
-    return plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len)
+def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions, devices) -> Plan:
+    budget_bytes = multi_device.shared_budget(devices, "decode", o.budget_bytes, ctx.device)
+    plan = plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len)
+    return multi_device.plan_for_devices(plan, graph.up, tuple(shape[-2:]), len(devices), element_size(ctx.dtype))
 
 
 def decode_plan(vae, latent_shape, options: RunOptions | None = None, **option_changes) -> Plan:
     """The plan :func:`decode` makes for a latent of ``latent_shape`` with the same options."""
     o = RunOptions.of(options, **option_changes)
-    return _plan(decoder_graph(vae, o.kernels), latent_shape, o.context(find_module(vae)), o)
+    ctx = o.context(find_module(vae))
+    return _plan(decoder_graph(vae, o.kernels), latent_shape, ctx, o,
+                 multi_device.devices_for(o, ctx, find_module(vae), "decode"))
 
 
 def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):
@@ -102,8 +114,10 @@ def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext
     return box["store"]
 
 
-def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecContext, sink, layout, bar, fault):
-    T, _, H, W = stem_out.shape
+def tile_step(graph: DecoderGraph, stem_out, b: int, ctx: ExecContext, sink: HostSink, layout: str):
+    """The step ``tile_loop`` runs for video ``b``: one tile's slice of frames through the up path on
+    ``ctx``'s device, streamed into ``sink``."""
+    _, _, H, W = stem_out.shape
     size = (H, W)
     sf = graph.space_factor
 
@@ -115,7 +129,13 @@ def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecConte
         y = graph.up.run(x, Rect.full(size), out_rect, size, state, ctx)
         _emit(sink, y, b, out_frame(f0, graph.time_factor), out_rect, layout, full_width=out_rect.width == W * sf)
 
-    tile_loop(plan.tiles(size), T, plan.slice_len, step, device=ctx.device, fault=fault, bar=bar, stage="decode")
+    return step
+
+
+def _run_tiles(graph: DecoderGraph, stem_out, b: int, plan: Plan, ctx: ExecContext, sink, layout, bar, fault):
+    T, _, H, W = stem_out.shape
+    step = tile_step(graph, stem_out, b, ctx, sink, layout)
+    tile_loop(plan.tiles((H, W)), T, plan.slice_len, step, device=ctx.device, fault=fault, bar=bar, stage="decode")
 
 
 def _emit(sink: HostSink, y: torch.Tensor, b: int, t0: int, r: Rect, layout: str, full_width: bool) -> None:

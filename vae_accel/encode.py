@@ -13,13 +13,14 @@ import logging
 import torch
 
 from ..telemetry.phases import phase
+from . import multi_device
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
 from .kernels.rewrite import accelerated
 from .planner import plan_encode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import default_budget, element_size
+from .runtime import element_size
 from .schedule import frame_loop, steps_for, tile_loop
 from .validate import check_video
 
@@ -60,20 +61,31 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
         log.info("wan_accel: encoding %d of %d frames (Wan encodes 1 + %dk frames; the last %d are dropped, as in ComfyUI)",
                  in_frame(T_lat, tf), T, tf, T - in_frame(T_lat, tf))
     h, w = H // sf, W // sf
-    budget_bytes = o.budget_bytes if o.budget_bytes is not None else default_budget(ctx.device, kind="encode")
+    devices = multi_device.devices_for(o, ctx, find_module(vae), "encode")
+    budget_bytes = multi_device.shared_budget(devices, "encode", o.budget_bytes, ctx.device)
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
 
     out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)
     tiles = plan.tiles((h, w))
     bar = make_progress(o.progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
+    # one whole-frame tile (the usual plan) has nothing to share: the main device runs it
+    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.down) if len(tiles) > 1 else []
     with torch.inference_mode():
         for b in range(B):
             with phase("vae.encode_tiles", tiles=len(tiles)):
-                features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, o.fault)
+                if workers:
+                    box = {}
+                    multi_device.run_tiles(workers, tiles, T_lat, plan.slice_len,
+                                           lambda w: tile_step(graph, video, b, layout, T_lat, w.ctx, box),
+                                           bar=bar, fault=o.fault, stage="encode")
+                    features = box["store"]
+                else:
+                    features = _run_tiles(graph, video, b, layout, tiles, T_lat, plan.slice_len, ctx, bar, o.fault)
             with phase("vae.encode_middle", frames=T_lat):
                 _run_tail(graph, features, out, b, plan.slice_len, ctx, bar, o.fault)
             del features
+    multi_device.finish(workers, "encode")
     bar.close()
     return out
 
@@ -92,10 +104,11 @@ def _read(video, b: int, layout: str, frames: tuple[int, int], rect: Rect, ctx) 
     return x
 
 
-def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar, fault) -> torch.Tensor:
-    """Down-path features of every tile, gathered on the host as (T', C, h, w)."""
+def tile_step(graph: EncoderGraph, video, b: int, layout: str, T_lat: int, ctx, box: dict):
+    """The step ``tile_loop`` runs for video ``b``: one tile's slice of frames through the down path on
+    ``ctx``'s device, its features written into ``box["store"]`` (host, (T', C, h, w), made by the first
+    step of any tile; ``setdefault`` keeps one store when steps of several devices race to make it)."""
     tf, sf = graph.time_factor, graph.space_factor
-    box = {}
     if layout == "comfy":
         size = (video.shape[2], video.shape[3])
     else:
@@ -106,11 +119,19 @@ def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar,
         inr = graph.down.need(rect, size)  # the down path's output grid is the latent grid
         x = _read(video, b, layout, (in_frame(f0, tf), in_frame(f1, tf)), inr, ctx)
         y = graph.down.run(x, inr, rect, size, state, ctx)
-        if "store" not in box:
-            box["store"] = torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype)  # host: flat VRAM in frames
-        box["store"][f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
+        store = box.get("store")
+        if store is None:  # host: flat VRAM in frames
+            store = box.setdefault("store", torch.empty((T_lat, y.shape[1], h, w), dtype=ctx.dtype))
+        store[f0:f1, :, rect.y0 : rect.y1, rect.x0 : rect.x1] = y[0].transpose(0, 1).to("cpu")
 
-    tile_loop(tiles, T_lat, k, step, device=ctx.device, fault=fault, bar=bar, stage="encode")
+    return step
+
+
+def _run_tiles(graph: EncoderGraph, video, b, layout, tiles, T_lat, k, ctx, bar, fault) -> torch.Tensor:
+    """Down-path features of every tile, gathered on the host as (T', C, h, w)."""
+    box = {}
+    tile_loop(tiles, T_lat, k, tile_step(graph, video, b, layout, T_lat, ctx, box), device=ctx.device, fault=fault,
+              bar=bar, stage="encode")
     return box["store"]
 
 

@@ -31,7 +31,9 @@ class RunOptions:
     to the device once and kept for the run. ``kernels``: run the op graph rewritten with the exact fast
     kernels (kernels.rewrite: sub-pixel upsampling convs, RMS norm + SiLU written into the causal conv's
     buffer with the residual add fused in, by Triton on CUDA, else torch); None (default) and True: on,
-    False: the plain ops (benches compare the two)."""
+    False: the plain ops (benches compare the two). ``devices`` spreads the tiles over several devices
+    (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
+    sequence such as ``("cuda:0", "cuda:1")``. The stem and the encode's middle block stay on ``device``."""
 
     budget_bytes: int | None = None
     tile: int | None = None
@@ -44,6 +46,7 @@ class RunOptions:
     fused_norm: bool | None = None
     weights: WeightSource | None = None
     kernels: bool | None = None
+    devices: tuple | str | None = None
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **changes) -> "RunOptions":

@@ -13,9 +13,11 @@ import torch
 
 
 class HostSink:
-    def __init__(self, shape, device: torch.device, dtype=torch.float32, max_in_flight: int = 3):
+    def __init__(self, shape, device: torch.device, dtype=torch.float32, max_in_flight: int = 3,
+                 out: torch.Tensor | None = None):
+        """``out``: an existing host tensor to fill instead of a new one (several devices, one video)."""
         self.cuda = device.type == "cuda"
-        self.out = torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+        self.out = out if out is not None else torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
         self.max_in_flight = max_in_flight
         if self.cuda:
             self.stream = torch.cuda.Stream(device=device)

@@ -75,7 +75,7 @@ CATALOG = {
     "MarkdownNote": ([], [], ["text"]),
     "Note": ([], [], ["text"]),
     # ours (nodes/vae_nodes.py, nodes/attention_nodes.py)
-    "WanAccelVAEPatch": ([("vae", "VAE")], [("VAE", "VAE")], ["max_vram_gb", "tile_size", "slice_frames"]),
+    "WanAccelVAEPatch": ([("vae", "VAE")], [("VAE", "VAE")], ["max_vram_gb", "tile_size", "slice_frames", "devices"]),
     "WanAccelAttention": ([("model", "MODEL")], [("MODEL", "MODEL")],
                           ["backend", "fallback", "verify", "min_cosine", "max_rel_error", "attention", "steps",
                            "blocks"]),
@@ -92,7 +92,7 @@ POS_T2V = ("A red fox trots through fresh snow in a birch forest at sunrise, bre
            "the camera follows at ground level, soft golden light between the trees.")
 ATTN_DEFAULT = {"backend": "auto", "fallback": "sdpa", "verify": True, "min_cosine": 0.999, "max_rel_error": 0.05,
                 "attention": "all", "steps": "", "blocks": ""}
-VAE_PATCH_DEFAULT = {"max_vram_gb": 0.0, "tile_size": 0, "slice_frames": 0}
+VAE_PATCH_DEFAULT = {"max_vram_gb": 0.0, "tile_size": 0, "slice_frames": 0, "devices": "auto"}
 
 
 def _download_note(files: list[str], extra: str = "") -> str:
