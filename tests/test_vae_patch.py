@@ -177,6 +177,8 @@ def test_patched_output_equals_cores_in_every_mode(mappings, vae21, engine_calls
         vae.process_output = lambda image: image.mul_(0.25).add_(0.5)
         vae.process_input = lambda image: image * 1.5 - 0.75
     elif change == "format_encoded":
+        if not hasattr(vae, "format_encoded"):
+            pytest.skip("this ComfyUI's VAE.encode has no format_encoded step (0.33 added it)")
         vae.format_encoded = lambda samples: samples[:, :8] * 2.0
     else:
         if not hasattr(vae, "vae_output_dtype"):
