@@ -11,6 +11,9 @@ and its steady-state time against the best single backend; with --comfy, ComfyUI
 attention function as the anchor and the override's overhead (ComfyUI's function with and without
 an ``sdpa`` override that runs the same kernel, interleaved). --model-blocks N: a Wan 14B forward
 (random weights, full width, N blocks) with comfy_default vs auto.
+
+Over 400 lines on purpose: one GPU command must time, verify and rank every backend at every shape
+and write one JSON; split, the parts could not share the in-process anchors and deadline.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ Every public method swallows its own errors so telemetry can never fail the work
 each is counted in the run record and named in one log line per run (:mod:`.failures`). This module
 is the state machine; :mod:`.records` renders the record from the node states kept here and
 :mod:`.finish` reads GPU times back, saves and sends it once the run is closed.
+
+Just over 400 lines: the node state machine only (rendering is records.py, finishing a run finish.py);
+its transitions read best in one place.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 GPU-only backends are exercised through fake packages put in ``sys.modules`` (their glue: layout,
 argument passing, mask handling, fallback), with the CUDA requirement lifted by monkeypatch.
+
+Over 400 lines: the dispatcher's cases share its fake backends and packages.
 """
 from __future__ import annotations
 

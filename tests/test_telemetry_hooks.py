@@ -4,6 +4,8 @@ The fake mirrors the API both supported versions share (comfy_execution.progress
 re-created per prompt, ProgressHandler; execution.PromptExecutor.execute_async; status_messages;
 comfy.model_management.current_loaded_models / load_models_gpu). The real thing is exercised by
 test_telemetry_integration.py.
+
+Over 400 lines: every hook's case beside the one fake of ComfyUI they share.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ Run it with the ComfyUI install's Python (it has aiohttp, websocket-client and t
 ``COMFYUI_PYTHON`` picks another interpreter for the server (default: this one). The server runs with a
 temporary ``--base-directory`` whose custom_nodes/ links this repo. The browser test needs Debian's
 ``chromium`` (or ``CHROMIUM``); ``WAN_ACCEL_SCREENSHOT=path.png`` keeps its screenshot.
+
+Over 400 lines: every check against one real server shares its start-up (a module fixture).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ checked against the real ComfyUI as well.
 
 The UI -> API conversion here is written independently of ``workflows/generate.py``: widget order comes
 from the nodes' inputs, not from the generator's catalog.
+
+Over 400 lines: the core-node contract (CORE) and the checks that read it stay together.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ The UI graphs are flat (no subgraphs, no converted widgets, no frontend-only nod
 MarkdownNote/Note), the layout ComfyUI front ends from 1.2x to 1.3x load. ``tests/test_workflows.py``
 checks them independently: node types and widget values against the nodes' real inputs, and that
 each API prompt is what the UI graph converts to.
+
+Over 400 lines on purpose: the one description of every shipped graph lives here, so the UI files,
+the API prompts and the examples cannot drift apart.
 """
 from __future__ import annotations
 
