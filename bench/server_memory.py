@@ -47,6 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds-ab", type=int, default=20, help="rounds of (accelerated, stock) i2v workflow")
     ap.add_argument("--rounds-vae", type=int, default=10, help="rounds of (Wan 2.1 VAE, Wan 2.2 VAE) workflow")
+    ap.add_argument("--vae-stock", action="store_true",
+                    help="VAE phase without WanAccelVAEPatch: core's own VAE, the control for that phase's RSS")
     ap.add_argument("--size", default="32x32", help="HxW of the video")
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--dim", type=int, default=256, help="expert width (real: 5120)")
@@ -93,14 +95,19 @@ def ab_prompt(variant: str, opts, i: int) -> dict:
 
 
 def vae_prompt(vae_file: str, opts, i: int) -> dict:
-    """Start image -> a video of --frames copies -> encode -> decode, through WanAccelVAEPatch."""
-    return {"1": {"class_type": "LoadImage", "inputs": {"image": two_pass.start_image_name(i)}},
-            "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": opts.frames}},
-            "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae_file}},
-            "4": {"class_type": "WanAccelVAEPatch", "inputs": {"vae": ["3", 0]}},
-            "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["4", 0]}},
-            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 0]}},
-            "7": {"class_type": "WanAccelBenchCapture", "inputs": {"images": ["6", 0], "key": "vae", "keep": False}}}
+    """Start image -> a video of --frames copies -> encode -> decode, through WanAccelVAEPatch (or, with
+    --vae-stock, core's VAE alone)."""
+    vae = ["3", 0] if getattr(opts, "vae_stock", False) else ["4", 0]
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": two_pass.start_image_name(i)}},
+              "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": opts.frames}},
+              "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae_file}},
+              "4": {"class_type": "WanAccelVAEPatch", "inputs": {"vae": ["3", 0]}},
+              "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": vae}},
+              "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": vae}},
+              "7": {"class_type": "WanAccelBenchCapture", "inputs": {"images": ["6", 0], "key": "vae", "keep": False}}}
+    if vae == ["3", 0]:
+        del prompt["4"]
+    return prompt
 
 
 async def run_prompt(session, base_url: str, prompt: dict, timeout: float) -> tuple[float, str | None]:

@@ -44,3 +44,10 @@ def test_each_round_reruns_the_graph_and_holds_no_frames(server):
     vae = server.vae_prompt("wan2.2_vae.safetensors", opts, 3)
     assert vae["1"]["inputs"]["image"] != server.vae_prompt("wan2.2_vae.safetensors", opts, 4)["1"]["inputs"]["image"]
     assert vae["4"]["class_type"] == "WanAccelVAEPatch" and vae["7"]["inputs"]["keep"] is False
+
+
+def test_the_stock_control_runs_cores_vae_alone(server):
+    opts = server.parse_args(["--comfy", "c", "--out", "o", "--vae-stock"])
+    vae = server.vae_prompt("wan_2.1_vae.safetensors", opts, 1)
+    assert all(n["class_type"] != "WanAccelVAEPatch" for n in vae.values())
+    assert vae["5"]["inputs"]["vae"] == ["3", 0] and vae["6"]["inputs"]["vae"] == ["3", 0]
