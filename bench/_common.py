@@ -1,7 +1,6 @@
 """Shared benchmark plumbing: import this repo as ``wan_accel`` (as ComfyUI would) and ComfyUI itself."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -14,12 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_wan_accel():
-    if "wan_accel" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["wan_accel"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["wan_accel"]
+    """This checkout as ``wan_accel``, through the one loader the tests use too (tools/package_loader.py)."""
+    tools = str(REPO / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    from package_loader import load_wan_accel as load
+
+    return load()
 
 
 def load_comfy(path: str | None):

@@ -18,7 +18,7 @@ and write one JSON; split, the parts could not share the in-process anchors and 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import statistics
@@ -47,19 +47,10 @@ HEADS, HEAD_DIM = 40, 128
 
 
 def load_wan_accel():
-    """Import the repo as ``wan_accel`` the way ComfyUI does (by file), unless it is installed."""
-    if "wan_accel" in sys.modules:
-        return sys.modules["wan_accel"]
-    try:
-        spec = importlib.util.find_spec("wan_accel")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        spec = importlib.util.spec_from_file_location("wan_accel", REPO / "__init__.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["wan_accel"] = mod
-        spec.loader.exec_module(mod)
-    return importlib.import_module("wan_accel")
+    """This checkout as ``wan_accel``, through the shared loader (tools/package_loader.py)."""
+    from _common import load_wan_accel as load
+
+    return load()
 
 
 def cuda_time(fn, reps: int) -> tuple[float, object]:
