@@ -8,7 +8,7 @@ from wan_accel.vae_accel import BadLatent, UnsupportedVAE, build_decoder, decode
 from wan_accel.vae_accel import sink as sink_module
 from wan_accel.vae_accel.decode import decoder_graph
 
-from wan_fixtures import reference_decode, wan21, wan22
+from wan_fixtures import fail_after, reference_decode, wan21, wan22
 
 TOL = 1e-5
 
@@ -134,31 +134,14 @@ def test_oom_on_first_frame_splits_the_tile(monkeypatch, caplog):
     assert any("splitting it" in r.getMessage() for r in caplog.records)
 
 
-def _fail_after(monkeypatch, op, calls_to_fail):
-    """Make ``op`` run, then raise out-of-memory, on the given calls: by then the step has staged the
-    causal state of every op before it (and its own), so only a real rollback makes the retry exact."""
-    real, seen = op.run, {"n": 0, "failed": []}
-
-    def run(*args):
-        y = real(*args)
-        seen["n"] += 1
-        if seen["n"] in calls_to_fail:
-            seen["failed"].append(seen["n"])
-            raise torch.OutOfMemoryError("injected after staging")
-        return y
-
-    monkeypatch.setattr(op, "run", run)
-    return seen
-
-
 def test_oom_after_a_step_staged_its_state_rolls_it_back(monkeypatch, caplog):
     model = wan21()
     graph = decoder_graph(model)
     z = _latent((1, 16, 5, 9, 10), seed=12)
     ref = reference_decode(model, z)
     coverage = _Coverage(monkeypatch)
-    stem = _fail_after(monkeypatch, graph.stem.ops[-1], {2})  # the stem's 2-frame step, all its caches staged
-    head = _fail_after(monkeypatch, graph.up.ops[-1], {2, 6})  # the head conv: the whole up path staged
+    stem = fail_after(monkeypatch, graph.stem.ops[-1], {2})  # the stem's 2-frame step, all its caches staged
+    head = fail_after(monkeypatch, graph.up.ops[-1], {2, 6})  # the head conv: the whole up path staged
     out = _raw(model, z, tile=5, slice_len=2)
     assert stem["failed"] == [2] and head["failed"] == [2, 6]
     assert (out - ref).abs().max().item() <= TOL
@@ -174,7 +157,7 @@ def test_tile_split_mid_video_inherits_the_caches(monkeypatch, caplog):
     z = _latent((1, 16, 4, 8, 8), seed=13)
     ref = reference_decode(model, z)
     coverage = _Coverage(monkeypatch)
-    head = _fail_after(monkeypatch, graph.up.ops[-1], {3})  # one 8x8 tile, one frame per step: frame 2
+    head = fail_after(monkeypatch, graph.up.ops[-1], {3})  # one 8x8 tile, one frame per step: frame 2
     out = _raw(model, z, tile=8, slice_len=1)
     assert head["failed"] == [3]
     assert any("splitting it" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ import torch
 from wan_accel.vae_accel import BadVideo, UnsupportedVAE, build_encoder, encode
 from wan_accel.vae_accel.encode import encoder_graph
 
-from wan_fixtures import wan21, wan22
+from wan_fixtures import fail_after, wan21, wan22
 
 TOL = 1e-5
 
@@ -79,29 +79,13 @@ def test_injected_oom_in_encode_keeps_finished_work():
     assert len(seen["failed"]) == 4 and "encode" in seen["failed"]
 
 
-def _fail_after(monkeypatch, op, calls_to_fail):
-    """``op`` runs, then raises out-of-memory on the given calls, after its step staged its state."""
-    real, seen = op.run, {"n": 0, "failed": []}
-
-    def run(*args):
-        y = real(*args)
-        seen["n"] += 1
-        if seen["n"] in calls_to_fail:
-            seen["failed"].append(seen["n"])
-            raise torch.OutOfMemoryError("injected after staging")
-        return y
-
-    monkeypatch.setattr(op, "run", run)
-    return seen
-
-
 def test_oom_after_a_step_staged_its_state_rolls_it_back(monkeypatch):
     model = wan21()
     graph = encoder_graph(model)
     x = _video((1, 3, 13, 48, 48), seed=7)
     ref = _ref(model, x)
-    down = _fail_after(monkeypatch, graph.down.ops[-1], {2, 5})  # the whole down path of the step staged
-    tail = _fail_after(monkeypatch, graph.tail.ops[-1], {2})  # the middle block and head staged
+    down = fail_after(monkeypatch, graph.down.ops[-1], {2, 5})  # the whole down path of the step staged
+    tail = fail_after(monkeypatch, graph.tail.ops[-1], {2})  # the middle block and head staged
     out = encode(model, x, tile=3, slice_len=2, progress=False)
     assert down["failed"] == [2, 5] and tail["failed"] == [2]
     assert (out - ref).abs().max().item() <= TOL
@@ -112,7 +96,7 @@ def test_tile_split_mid_video_inherits_the_caches(monkeypatch, caplog):
     graph = encoder_graph(model)
     x = _video((1, 3, 13, 48, 48), seed=8)
     ref = _ref(model, x)
-    down = _fail_after(monkeypatch, graph.down.ops[-1], {3})  # one tile, one latent frame per step: frame 2
+    down = fail_after(monkeypatch, graph.down.ops[-1], {3})  # one tile, one latent frame per step: frame 2
     out = encode(model, x, tile=6, slice_len=1, progress=False)
     assert down["failed"] == [3]
     assert any("splitting it" in r.getMessage() for r in caplog.records)

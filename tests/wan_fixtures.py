@@ -37,3 +37,21 @@ def wan22(seed: int = 1) -> torch.nn.Module:
 def reference_decode(model, z: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.decode(z, return_dict=False)[0]
+
+
+def fail_after(monkeypatch, op, calls_to_fail):
+    """Make ``op`` run, then raise out-of-memory, on the given calls: by then the step has staged the
+    causal state of every op before it (and its own), so only a real rollback makes the retry exact.
+    Returns ``{"n": calls so far, "failed": the calls that raised}``."""
+    real, seen = op.run, {"n": 0, "failed": []}
+
+    def run(*args):
+        y = real(*args)
+        seen["n"] += 1
+        if seen["n"] in calls_to_fail:
+            seen["failed"].append(seen["n"])
+            raise torch.OutOfMemoryError("injected after staging")
+        return y
+
+    monkeypatch.setattr(op, "run", run)
+    return seen
