@@ -134,12 +134,7 @@ def comfy_server(comfyui: Path, work: Path | None = None, extra_args=(), port: i
             fail(f"ComfyUI started without this package (custom_nodes/{PACKAGE_FOLDER})")
         yield {"base": base, "port": port, "work": work, "proc": proc}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
         log.close()
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -230,11 +225,7 @@ def headless_chromium(skip_reason: str):
         finally:
             cdp.ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=10)
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -247,3 +238,13 @@ def ws_messages(ws, deadline: float):
         raw = ws.recv()
         if not isinstance(raw, bytes):
             yield json.loads(raw)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Ask a server or browser to stop; kill it if it has not within ``timeout`` seconds, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

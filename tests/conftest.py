@@ -120,3 +120,19 @@ def comfyui():
 
     args.cpu = True
     return path
+
+
+@pytest.fixture(scope="module")
+def mappings(comfyui):
+    """Our nodes as ComfyUI loads them (NODE_CLASS_MAPPINGS), for the ComfyUI VAE tests."""
+    from comfy_support import load_our_nodes
+
+    return load_our_nodes()
+
+
+@pytest.fixture(scope="module")
+def vae21(comfyui):
+    """A ComfyUI VAE with random Wan 2.1 weights under the real key names."""
+    from comfy_support import comfy_vae, random_wan_vae_sd
+
+    return comfy_vae(random_wan_vae_sd("2.1"))

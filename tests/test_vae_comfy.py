@@ -6,19 +6,9 @@ import logging
 import pytest
 import torch
 
-from comfy_support import comfy_vae, load_our_nodes, random_wan_vae_sd
+from comfy_support import comfy_vae, random_wan_vae_sd
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def mappings(comfyui):
-    return load_our_nodes()
-
-
-@pytest.fixture(scope="module")
-def vae21(comfyui):
-    return comfy_vae(random_wan_vae_sd("2.1"))
 
 
 def _z(shape, seed=0):

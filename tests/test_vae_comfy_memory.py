@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from comfy_support import comfy_vae, load_our_nodes, random_wan_vae_sd
+from comfy_support import load_our_nodes
 
 GIB = 2**30
 
@@ -20,11 +20,6 @@ def bridge(comfyui):
 
     mappings = load_our_nodes()
     return sys.modules[mappings["WanAccelVAEPatch"].__module__.rsplit(".", 1)[0] + ".vae_bridge"]
-
-
-@pytest.fixture(scope="module")
-def vae21(comfyui):
-    return comfy_vae(random_wan_vae_sd("2.1"))
 
 
 def _on_cuda(vae):

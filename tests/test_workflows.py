@@ -170,6 +170,8 @@ def load(path: Path) -> dict:
 
 
 def ui_to_api(ui: dict, bypass: set[int] = frozenset()) -> dict:
+    """The front end's graphToPrompt, written again on purpose: checked against the generator's own
+    conversion, a shared copy could not catch a bug in it."""
     nodes = {n["id"]: n for n in ui["nodes"]}
     links = {lk[0]: lk for lk in ui["links"]}
 
