@@ -41,6 +41,12 @@ def _plan_inputs() -> list:
     ]
 
 
+def _schema(node_id: str, display_name: str, description: str, inputs: list, output) -> io.Schema:
+    """One VAE node's schema: its own inputs, then the plan inputs every VAE node shares."""
+    return io.Schema(node_id=node_id, display_name=display_name, category="wan_accel", description=description,
+                     inputs=[*inputs, *_plan_inputs()], outputs=[output])
+
+
 class PlanInputsNode(io.ComfyNode):
     """The checks ComfyUI cannot make for the plan inputs, run before the prompt is queued.
 
@@ -56,19 +62,13 @@ class PlanInputsNode(io.ComfyNode):
 class WanAccelVAEDecode(PlanInputsNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="WanAccelVAEDecode",
-            display_name="Wan VAE Decode (exact, low VRAM)",
-            category="wan_accel",
-            description="Decodes a Wan video latent with exact tiles and carried causal caches: the same frames "
-                        "as an untiled decode, with VRAM that stays flat however many frames there are.",
-            inputs=[
-                io.Latent.Input("samples", tooltip="The Wan video latent to decode (5-D: batch, channels, frames, h, w)."),
-                io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE."),
-                *_plan_inputs(),
-            ],
-            outputs=[io.Image.Output(tooltip="Decoded frames, like core VAE Decode's output.")],
-        )
+        return _schema(
+            "WanAccelVAEDecode", "Wan VAE Decode (exact, low VRAM)",
+            "Decodes a Wan video latent with exact tiles and carried causal caches: the same frames "
+            "as an untiled decode, with VRAM that stays flat however many frames there are.",
+            [io.Latent.Input("samples", tooltip="The Wan video latent to decode (5-D: batch, channels, frames, h, w)."),
+             io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE.")],
+            io.Image.Output(tooltip="Decoded frames, like core VAE Decode's output."))
 
     @classmethod
     def execute(cls, samples, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
@@ -82,20 +82,14 @@ class WanAccelVAEDecode(PlanInputsNode):
 class WanAccelVAEEncode(PlanInputsNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="WanAccelVAEEncode",
-            display_name="Wan VAE Encode (exact, low VRAM)",
-            category="wan_accel",
-            description="Encodes frames with a Wan VAE in temporal slices with carried causal caches (and exact "
-                        "tiles only when VRAM demands): the same latent as an untiled encode, VRAM flat in frames.",
-            inputs=[
-                io.Image.Input("pixels", tooltip="Frames to encode (a video is a batch of frames); 1 + 4k frames "
-                                                 "are used, extra frames are dropped as in core VAE Encode."),
-                io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE."),
-                *_plan_inputs(),
-            ],
-            outputs=[io.Latent.Output(tooltip="The video latent, like core VAE Encode's output.")],
-        )
+        return _schema(
+            "WanAccelVAEEncode", "Wan VAE Encode (exact, low VRAM)",
+            "Encodes frames with a Wan VAE in temporal slices with carried causal caches (and exact "
+            "tiles only when VRAM demands): the same latent as an untiled encode, VRAM flat in frames.",
+            [io.Image.Input("pixels", tooltip="Frames to encode (a video is a batch of frames); 1 + 4k frames "
+                                              "are used, extra frames are dropped as in core VAE Encode."),
+             io.Vae.Input("vae", tooltip="A Wan 2.1 or Wan 2.2 VAE from Load VAE.")],
+            io.Latent.Output(tooltip="The video latent, like core VAE Encode's output."))
 
     @classmethod
     def execute(cls, pixels, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
@@ -106,16 +100,13 @@ class WanAccelVAEEncode(PlanInputsNode):
 class WanAccelVAEPatch(PlanInputsNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="WanAccelVAEPatch",
-            display_name="Wan VAE Accelerate (patch)",
-            category="wan_accel",
-            description="Returns the VAE with its decode and encode routed through the exact low-VRAM engine, so "
-                        "core VAE Decode, WanImageToVideo and every other node using it benefit. A VAE the "
-                        "engine does not support passes through unchanged.",
-            inputs=[io.Vae.Input("vae", tooltip="The VAE to accelerate (Wan 2.1 or Wan 2.2)."), *_plan_inputs()],
-            outputs=[io.Vae.Output(tooltip="The same VAE with accelerated decode/encode.")],
-        )
+        return _schema(
+            "WanAccelVAEPatch", "Wan VAE Accelerate (patch)",
+            "Returns the VAE with its decode and encode routed through the exact low-VRAM engine, so "
+            "core VAE Decode, WanImageToVideo and every other node using it benefit. A VAE the "
+            "engine does not support passes through unchanged.",
+            [io.Vae.Input("vae", tooltip="The VAE to accelerate (Wan 2.1 or Wan 2.2).")],
+            io.Vae.Output(tooltip="The same VAE with accelerated decode/encode."))
 
     @classmethod
     def execute(cls, vae, max_vram_gb=0.0, tile_size=0, slice_frames=0, devices=AUTO) -> io.NodeOutput:
