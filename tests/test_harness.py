@@ -107,3 +107,16 @@ def test_server_loads_the_package_from_its_own_base_directory(comfyui):
               if re.search(r"IMPORT FAILED|Traceback|\[ERROR\]|Failed to|setup failed|Cannot import", line)]
     assert not errors, "\n".join(errors)
     assert tree(comfyui) == checkout, "the server wrote into the ComfyUI checkout"
+
+
+def test_ci_comfyui_suites_keep_only_the_tests_that_use_comfyui():
+    """CI's ComfyUI suites (WAN_ACCEL_TESTS_ONLY_COMFYUI=1) deselect the engine tests, which ran in its plain suite."""
+    def collected(only: str) -> set[str]:
+        env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"} | {"WAN_ACCEL_TESTS_ONLY_COMFYUI": only}
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              "tests/test_vae_planner.py", "tests/test_vae_nodes.py"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300).stdout
+        return {line.split("::")[0] for line in out.splitlines() if "::" in line}
+
+    assert collected("0") == {"tests/test_vae_planner.py", "tests/test_vae_nodes.py"}
+    assert collected("1") == {"tests/test_vae_nodes.py"}
