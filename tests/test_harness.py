@@ -86,6 +86,22 @@ def test_ci_fails_a_comfyui_suite_whose_integration_tests_skip(tmp_path):
     assert junit_counts(tmp_path / "missing.xml").returncode == 1
 
 
+def test_ci_counts_a_feature_this_comfyui_lacks_as_a_skip_not_a_failure(tmp_path):
+    """An integration test that detects the release under test lacks what it checks ("this ComfyUI ...")
+    is counted; the same test skipped for any other reason fails the suite."""
+    def suite(reason: str) -> subprocess.CompletedProcess:
+        case = '<testcase classname="t" name="{n}"><properties><property name="uses_comfyui" value="yes"/>' \
+               "</properties>{body}</testcase>"
+        xml = tmp_path / "r.xml"
+        xml.write_text("<testsuites><testsuite>" + case.format(n="ran", body="") +
+                       case.format(n="feature", body=f'<skipped message="{reason}"/>') + "</testsuite></testsuites>")
+        return junit_counts(xml, "--comfyui", "chromium")
+
+    ok = suite("this ComfyUI's VAE.encode has no format_encoded step")
+    assert ok.returncode == 0 and ok.stdout.startswith("1 passed, 0 failed, 0 errors, 1 skipped"), ok.stdout
+    assert suite("no reason given").returncode == 1
+
+
 def test_server_loads_the_package_from_its_own_base_directory(comfyui):
     """``main.py --cpu`` with a temporary base directory: the package loads from its custom_nodes/ link
     with no error in the log, ComfyUI's checkout is not written to, the folder goes afterwards."""
