@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import subprocess
 from pathlib import Path
 
 import torch
@@ -206,8 +207,11 @@ def headless_chromium(skip_reason: str):
     proc = subprocess.Popen([
         exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile / 'user'}",
+        "--disable-crash-reporter", "--disable-breakpad",
         f"--remote-debugging-port={port}", "--window-size=1600,1000", "about:blank",
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(profile / "tmp")})
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(profile / "tmp")},
+        # its own process group, so that stopping it also stops the renderers and helpers that write into the profile
+        start_new_session=True)
     try:
         deadline = time.time() + 30
         while True:
@@ -225,8 +229,8 @@ def headless_chromium(skip_reason: str):
         finally:
             cdp.ws.close()
     finally:
-        stop_process(proc, timeout=10)
-        shutil.rmtree(profile, ignore_errors=True)
+        stop_process_group(proc, timeout=10)
+        remove_tree(profile)
 
 
 def ws_messages(ws, deadline: float):
@@ -238,6 +242,49 @@ def ws_messages(ws, deadline: float):
         raw = ws.recv()
         if not isinstance(raw, bytes):
             yield json.loads(raw)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop a process started with ``start_new_session=True`` and every process of its group (chromium's
+    renderers, zygote and helpers outlive the browser process by a moment and keep writing into its profile)."""
+    import os
+    import signal
+    import time
+
+    def signal_group(sig) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:  # nothing of the group is left
+            return False
+
+    signal_group(signal.SIGTERM)
+    deadline = time.time() + timeout
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.1)
+        if proc.poll() is not None and not signal_group(0):
+            return
+        if time.time() > deadline:
+            signal_group(signal.SIGKILL)
+            proc.wait()
+            # the group's other members are reaped by init; wait until they are gone
+            end = time.time() + 5
+            while signal_group(0) and time.time() < end:
+                time.sleep(0.05)
+            return
+
+
+def remove_tree(folder: Path, attempts: int = 20) -> None:
+    """rmtree that retries while a process that has just stopped still has files appearing in ``folder``."""
+    import shutil
+    import time
+
+    for _ in range(attempts):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float) -> None:

@@ -136,3 +136,33 @@ def test_ci_comfyui_suites_keep_only_the_tests_that_use_comfyui():
 
     assert collected("0") == {"tests/test_vae_planner.py", "tests/test_vae_nodes.py"}
     assert collected("1") == {"tests/test_vae_nodes.py"}
+
+
+def test_stopping_a_browser_stops_its_whole_process_group_before_its_profile_goes(tmp_path):
+    """chromium's helpers outlive the browser process for a moment and write into the profile; the browser
+    helper must stop the whole group, then remove the profile, or the session fails on a leftover folder."""
+    import signal
+    import time
+
+    from comfy_support import remove_tree, stop_process_group
+
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    # a 'browser' whose helper ignores nothing but outlives it, writing into the profile every 50 ms
+    script = (f"(trap '' TERM; while true; do touch {profile}/helper_$$_$RANDOM; sleep 0.05; done) & "
+              "exec sleep 60")
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    time.sleep(0.3)
+    assert any(profile.iterdir())
+    stop_process_group(proc, timeout=1)
+    try:
+        os.killpg(proc.pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    if alive:  # leave nothing running whatever the assertion says
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not alive, "a process of the browser's group outlived stop_process_group"
+    remove_tree(profile)
+    time.sleep(0.2)
+    assert not profile.exists()
