@@ -20,7 +20,6 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -36,6 +35,7 @@ from .planner import MIN_TILE, Plan, estimate_bytes
 from .rect import Rect
 from .runtime import default_budget, element_size, free_memory, is_oom, release_memory
 from .schedule import tile_loop
+from .sharing import Dealer, Stopped
 from .sink import HostSink
 
 log = logging.getLogger("wan_accel")
@@ -152,63 +152,8 @@ def finish(workers: list[Worker], stage: str) -> None:
                 release_memory(w.device)
 
 
-class _Stopped(Exception):
-    """The run was stopped (interrupted, or another device's error ended it): leave quietly."""
-
-
 class _HandBack(Exception):
     """This device ran out of memory while others still work: its tile goes to them, whole."""
-
-
-class Dealer:
-    """The tiles not yet finished, handed out one at a time; thread-safe."""
-
-    def __init__(self, tiles: list[Rect], workers: list[Worker]):
-        self.pending = deque(tiles)
-        self.in_flight = 0
-        self.alive = {w.index for w in workers}
-        self.errors: list[tuple[Worker, BaseException]] = []
-        self.stopped: BaseException | None = None
-        self.cond = threading.Condition()
-
-    def take(self, idle: Callable[[], None] | None = None) -> Rect | None:
-        """The next tile, or None when all are finished or the run stopped. Waits while another device
-        still works on a tile it might hand back (calling ``idle`` between waits)."""
-        while True:
-            with self.cond:
-                if self.stopped is not None:
-                    return None
-                if self.pending:
-                    self.in_flight += 1
-                    return self.pending.popleft()
-                if self.in_flight == 0:
-                    return None
-                self.cond.wait(0.05)
-            if idle is not None:
-                idle()
-
-    def finish(self) -> None:
-        with self.cond:
-            self.in_flight -= 1
-            self.cond.notify_all()
-
-    def hand_back(self, worker: Worker, rect: Rect, exc: BaseException) -> None:
-        with self.cond:
-            self.in_flight -= 1
-            self.pending.appendleft(rect)
-            self.alive.discard(worker.index)
-            self.errors.append((worker, exc))
-            self.cond.notify_all()
-
-    def others_alive(self, worker: Worker) -> bool:
-        with self.cond:
-            return bool(self.alive - {worker.index})
-
-    def stop(self, exc: BaseException) -> None:
-        with self.cond:
-            if self.stopped is None:
-                self.stopped = exc
-            self.cond.notify_all()
 
 
 class _Steps:
@@ -294,7 +239,7 @@ def _work(worker: Worker, dealer: Dealer, total: int, k: int, make_step, bar, fa
 
     def guard(fn, *args):
         if dealer.stopped is not None:
-            raise _Stopped()
+            raise Stopped()
         try:
             fn(*args)
         except BaseException as exc:
@@ -306,7 +251,7 @@ def _work(worker: Worker, dealer: Dealer, total: int, k: int, make_step, bar, fa
         if fault is not None:
             guard(fault, stage_name, {**info, "device": worker.device, "worker": worker.index})
         elif dealer.stopped is not None:
-            raise _Stopped()
+            raise Stopped()
 
     step = make_step(worker)
 
@@ -320,7 +265,7 @@ def _work(worker: Worker, dealer: Dealer, total: int, k: int, make_step, bar, fa
                 try:
                     tile_loop([rect], total, k, guarded_step, device=worker.device, fault=guarded_fault, bar=bar,
                               stage=stage)
-                except _Stopped:
+                except Stopped:
                     dealer.finish()
                     return
                 except Exception as exc:
