@@ -181,15 +181,15 @@ def main(argv=None) -> int:
         # as in ComfyUI: the prompt's thread only closes the run, records are built on another thread;
         # measured here on this thread, in turn, to get both parts
         recorder.save_in_background = False
-        finalize_fn, job = recorder._finalize, []
-        recorder._finalize = lambda *args: job.append(args)
+        finalize_fn, job = recorder.finalize, []
+        recorder.finalize = lambda *args: job.append(args)
         start = clock()
         recorder.end_run()
         end_run.append((clock() - start) / len(prompt))
-        recorder._finalize = finalize_fn
+        recorder.finalize = finalize_fn
         store, recorder.store = recorder.store, None  # writing the files is the saving thread's work
         start = clock()
-        recorder._finalize(*job[0])
+        recorder.finalize(*job[0])
         finalize.append((clock() - start) / len(prompt))
         recorder.store = store
         recorder.save_in_background = True

@@ -7,8 +7,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import attention_nodes, telemetry_server, vae_nodes
 
-_NODE_MODULES = (vae_nodes, attention_nodes)
-_FEATURE_MODULES = _NODE_MODULES + (telemetry_server,)  # each may have a one-time setup()
+NODE_MODULES = (vae_nodes, attention_nodes)
+_FEATURE_MODULES = NODE_MODULES + (telemetry_server,)  # each may have a one-time setup()
 log = logging.getLogger("wan_accel")
 
 
@@ -28,4 +28,4 @@ class WanAccelExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.64 and 0.8.0 never call ComfyExtension.on_load; this runs once per load.
         setup_features()
-        return [node for module in _NODE_MODULES for node in module.NODES]
+        return [node for module in NODE_MODULES for node in module.NODES]

@@ -33,6 +33,11 @@ def remove_listener(fn: Listener) -> None:
         _listeners.remove(fn)
 
 
+def listener_count() -> int:
+    """How many listeners are attached (a recorder detaches its own when its run ends)."""
+    return len(_listeners)
+
+
 def add_error_sink(fn: ErrorSink) -> None:
     if fn not in _error_sinks:
         _error_sinks.append(fn)

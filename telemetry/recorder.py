@@ -379,12 +379,14 @@ class Recorder:
             return run
         if self.save_in_background:
             # records, GPU read-back, saving and the run event happen off the prompt's thread
-            threading.Thread(target=self._finalize, args=job, name="wan_accel-telemetry", daemon=True).start()
+            threading.Thread(target=self.finalize, args=job, name="wan_accel-telemetry", daemon=True).start()
             return run
-        return self._finalize(*job)
+        return self.finalize(*job)
 
-    def _finalize(self, *job) -> dict:
-        """Finish a closed run (``job``: the fields of :class:`~.finish.ClosedRun`)."""
+    def finalize(self, *job) -> dict:
+        """Finish a closed run (``job``: the fields of :class:`~.finish.ClosedRun`): records, GPU read-back,
+        saving and the run event. ``end_run`` calls it (on a thread of its own when ``save_in_background``);
+        the overhead bench calls it to time that part apart."""
         closed = ClosedRun(*job)
         return finish_run(closed, self.store, self.on_event, self._run_reporter(closed.failures),
                           rendered=lambda run: setattr(self, "last_run", run))

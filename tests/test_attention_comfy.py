@@ -172,7 +172,7 @@ def test_extension_lists_the_node(comfyui):
     ext = importlib.import_module("wan_accel.nodes.extension")
     names = [n.define_schema().node_id for n in importlib.import_module("wan_accel.nodes.attention_nodes").NODES]
     assert names == ["WanAccelAttention"]
-    assert ext._NODE_MODULES[1].__name__.endswith("attention_nodes")
+    assert ext.NODE_MODULES[1].__name__.endswith("attention_nodes")
 
 
 def test_backend_list_says_what_this_machine_can_run(nodes):

@@ -219,7 +219,7 @@ def test_gpu_layout_options_are_exact_on_cpu(channels_last, monkeypatch):
     from wan_accel.vae_accel import runtime
 
     # the CUDA path's wrapper around the compiled kernel, with the kernel run eagerly here
-    monkeypatch.setattr(runtime, "_fused_norm", lambda: runtime.make_fused_norm(runtime._norm_silu_last))
+    monkeypatch.setattr(runtime, "_fused_norm", lambda: runtime.make_fused_norm(runtime.norm_silu_last))
     for model, z in [(wan21(), _latent((1, 16, 3, 7, 6), seed=10)), (wan22(), _latent((1, 48, 3, 4, 5), seed=11))]:
         ref = reference_decode(model, z)
         out = _raw(model, z, tile=3, slice_len=2, channels_last=channels_last, fused_norm=True)

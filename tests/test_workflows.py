@@ -343,7 +343,7 @@ def test_api_inputs_match(path):
         assert not missing, f"#{nid} {node['class_type']}: missing required inputs {missing}"
 
 
-def _api_for(ui_path: Path) -> dict[str, dict]:
+def api_for(ui_path: Path) -> dict[str, dict]:
     ui = load(ui_path)
     stem = ui_path.name[:-5]
     if stem.endswith("_ab"):
@@ -358,7 +358,7 @@ def _api_for(ui_path: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_ui_and_api_agree(path):
-    for name, expected in _api_for(path).items():
+    for name, expected in api_for(path).items():
         assert load(WF / "api" / name) == expected, name
 
 

@@ -356,7 +356,7 @@ def test_front_end_loads_graphs_and_converts_them_to_the_shipped_api(page, e2e_s
     """The front end ComfyUI serves loads each UI graph with every node type known, and its own
     graphToPrompt gives the shipped API prompt (the A/B graph: with the ACCELERATION group bypassed too),
     up to inputs that change nothing (``prompt_differences``)."""
-    from test_workflows import UI_FILES, WF, _api_for, group_members, load
+    from test_workflows import UI_FILES, WF, api_for, group_members, load
 
     def object_info(class_type, cache={}):
         if class_type not in cache:
@@ -366,7 +366,7 @@ def test_front_end_loads_graphs_and_converts_them_to_the_shipped_api(page, e2e_s
     seen = []
     for path in UI_FILES:
         ui = load(path)
-        expected = _api_for(path)
+        expected = api_for(path)
         for name in expected:
             bypass = []
             if name.endswith("_stock.api.json"):

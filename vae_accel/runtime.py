@@ -42,7 +42,7 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _norm_silu_last(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def norm_silu_last(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """RMS norm + SiLU over the last dim of a (frames, h, w, C) view."""
     xf = x.float()
     y = xf * torch.rsqrt(torch.clamp((xf * xf).sum(dim=-1, keepdim=True), min=1e-24)) * g.float()
@@ -81,7 +81,7 @@ def make_fused_norm(kernel):
 def _fused_norm():
     global _compiled_norm
     if _compiled_norm is None:
-        _compiled_norm = make_fused_norm(torch.compile(_norm_silu_last, dynamic=False))
+        _compiled_norm = make_fused_norm(torch.compile(norm_silu_last, dynamic=False))
     return _compiled_norm
 
 
