@@ -92,69 +92,6 @@ def test_two_workers_share_the_tiles_and_equal_one_device_bitwise(monkeypatch):
     assert not _wan_threads()
 
 
-def test_other_devices_decode_tiles_while_the_stem_still_runs():
-    """The stem runs on the caller's device; another device's worker decodes a tile's slices as soon as the
-    stem frames they read are in host memory. The stem's last step waits until worker 1 has finished two
-    slices (frames 0 and 1, published by the stem's first two steps): without the overlap it would wait
-    forever. Bitwise equality shows no slice read a stem frame before it was written."""
-    model = wan21()
-    z = _latent((1, 16, 4, 9, 10), seed=11)
-    one = decode(model, z, tile=5, slice_len=1, progress=False)
-    worker1_steps = []
-    two_slices_done = threading.Event()
-
-    def fault(stage, info):
-        if "rect" in info:
-            if info["worker"] == 1:
-                worker1_steps.append(info["frames"])
-                if len(worker1_steps) == 3:  # its steps for frames 0 and 1 have run
-                    two_slices_done.set()
-            return
-        if stage == "stem" and info["frames"] == (3, 4):
-            assert two_slices_done.wait(60), "no other device decoded a slice while the stem ran"
-
-    two = decode(model, z, tile=5, slice_len=1, progress=False, devices=TWO, fault=fault)
-    assert torch.equal(one, two)
-    assert not _wan_threads()
-
-
-def test_a_stem_that_runs_out_of_memory_shrinks_while_tiles_wait_for_its_frames():
-    """Out of memory in the stem halves its slices (as on one device); the frames published before it stay
-    final and the workers waiting for later frames get them: the output is unchanged."""
-    model = wan21()
-    z = _latent((1, 16, 5, 8, 10), seed=12)
-    one = decode(model, z, tile=4, slice_len=2, progress=False)
-    failed = []
-
-    def fault(stage, info):
-        if stage == "stem" and info["frames"] == (1, 3) and not failed:
-            failed.append(info["frames"])
-            raise torch.OutOfMemoryError("injected")
-
-    two = decode(model, z, tile=4, slice_len=2, progress=False, devices=TWO, fault=fault)
-    assert failed
-    # the stem's slices changed (1 frame after the retry), so equal up to float rounding, not bitwise
-    assert (two - one).abs().max().item() <= TOL
-    assert not _wan_threads()
-
-
-def test_a_failing_stem_stops_the_workers_waiting_for_its_frames():
-    model = wan21()
-    z = _latent((1, 16, 4, 8, 8), seed=13)
-    waiting = threading.Event()
-
-    def fault(stage, info):
-        if "rect" in info and info["worker"] == 1 and info["frames"] == (1, 2):
-            waiting.set()  # worker 1 now waits for stem frame 2, which never comes
-        if stage == "stem" and info["frames"] == (2, 3):
-            assert waiting.wait(60)
-            raise RuntimeError("injected stem failure")
-
-    with pytest.raises(RuntimeError, match="injected stem failure"):
-        decode(model, z, tile=4, slice_len=1, progress=False, devices=TWO, fault=fault)
-    assert not _wan_threads()
-
-
 def test_wan22_and_comfy_layout_over_two_workers():
     model = wan22()
     z = _latent((2, 48, 3, 5, 7), seed=2)

@@ -25,7 +25,6 @@ from .run_options import RunOptions, check_layout
 from .rect import Rect
 from .runtime import element_size
 from .schedule import frame_loop, steps_for, tile_loop
-from .sharing import FrameGate
 from .sink import HostSink
 from .validate import check_latent
 
@@ -67,13 +66,15 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.up, sink)  # none: one device
     with torch.inference_mode():
         for b in range(B):
-            if workers:
-                _run_on_devices(graph, latent[b : b + 1], b, plan, ctx, workers, layout, bar, o.fault)
-                continue
             with phase("vae.stem", frames=T):
                 stem_out = _run_stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault)
             with phase("vae.tiles", tiles=len(plan.tiles((H, W)))):
-                _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, o.fault)
+                if workers:
+                    multi_device.run_tiles(workers, plan.tiles((H, W)), T, plan.slice_len,
+                                           lambda w: tile_step(graph, stem_out, b, w.ctx, w.sink, layout),
+                                           bar=bar, fault=o.fault, stage="decode")
+                else:
+                    _run_tiles(graph, stem_out, b, plan, ctx, sink, layout, bar, o.fault)
             del stem_out
         with phase("vae.copies"):
             out = sink.finish()
@@ -96,42 +97,8 @@ def decode_plan(vae, latent_shape, options: RunOptions | None = None, **option_c
                  multi_device.devices_for(o, ctx, find_module(vae), "decode"))
 
 
-def _run_on_devices(graph: DecoderGraph, z: torch.Tensor, b: int, plan: Plan, ctx: ExecContext, workers, layout: str,
-                    bar, fault) -> None:
-    """Video ``b`` on several devices: the stem runs on the calling thread while the other devices'
-    workers already decode tiles, each slice as soon as the stem frames it reads are in host memory (the
-    stem is one device's work: overlapping it with the tiles takes it off the critical path). The
-    caller's device then takes tiles too. Same steps, same values as running the stem first."""
-    _, _, T, H, W = z.shape
-    gate = FrameGate()
-
-    def stem():
-        try:
-            with phase("vae.stem", frames=T, overlapped=True):
-                _run_stem(graph, z, plan, ctx, bar, fault, on_ready=gate.publish)
-        except BaseException:
-            gate.abort()
-            raise
-
-    def gated_step(w):
-        steps = {}
-
-        def step(rect, f0, f1, state):
-            store = gate.wait(f1)
-            if "run" not in steps:
-                steps["run"] = tile_step(graph, store, b, w.ctx, w.sink, layout)
-            steps["run"](rect, f0, f1, state)
-
-        return step
-
-    with phase("vae.tiles", tiles=len(plan.tiles((H, W)))):
-        multi_device.run_tiles(workers, plan.tiles((H, W)), T, plan.slice_len, gated_step, bar=bar, fault=fault,
-                               stage="decode", before=stem)
-
-
-def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault, on_ready=None):
-    """Stem output for all frames, (T, C, h, w) in host memory (pinned when the device is CUDA).
-    ``on_ready(store, frames)``: called once the first ``frames`` frames are in host memory, final."""
+def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):
+    """Stem output for all frames, (T, C, h, w) in host memory (pinned when the device is CUDA)."""
     _, _, T, H, W = z.shape
     full = Rect.full((H, W))
     box = {}
@@ -142,10 +109,6 @@ def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext
         if "store" not in box:
             box["store"] = torch.empty((T, y.shape[1], H, W), dtype=ctx.dtype, pin_memory=ctx.device.type == "cuda")
         box["store"][f0:f1].copy_(y[0].transpose(0, 1), non_blocking=True)
-        if on_ready is not None:
-            if ctx.device.type == "cuda":  # readers on other devices need the copy done, not queued
-                torch.cuda.current_stream(ctx.device).synchronize()
-            on_ready(box["store"], f1)
 
     frame_loop(T, plan.slice_len, step, device=ctx.device, fault=fault, bar=bar, stage="stem")
     return box["store"]

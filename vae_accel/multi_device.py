@@ -4,9 +4,7 @@ Each tile runs its whole temporal sequence of slices, with its own causal caches
 tile computes exactly what it computes in a one-device run: the output equals the one-device output
 bitwise wherever the devices run the same kernels. The main device's worker runs on the calling thread
 (it alone talks to the caller: progress, ComfyUI's weight casts, interrupts); every other device gets a
-thread. Tiles are handed out one at a time, so a faster device takes more of them. The decode's stem
-runs on the calling thread while the other devices already decode tiles, each slice once the stem frames
-it reads are in host memory (sharing.FrameGate); the caller's device takes tiles when the stem is done.
+thread. Tiles are handed out one at a time, so a faster device takes more of them.
 
 Each worker has its own execution context (its own copy of the weights, made once per call and dropped
 with it; through the caller's weight source when there is one, fetched on the calling thread) and, for
@@ -194,13 +192,10 @@ class _Steps:
 
 
 def run_tiles(workers: list[Worker], tiles: list[Rect], total: int, k: int, make_step: Callable[[Worker], Callable], *,
-              bar, fault, stage: str, before: Callable[[], None] | None = None) -> None:
+              bar, fault, stage: str) -> None:
     """Every tile of ``tiles`` over ``total`` latent frames (slices of ``k``), dealt to ``workers``.
-    ``make_step(worker)``: the ``tile_loop`` step on that worker's context. ``before``: work the calling
-    thread does first (the decode's stem) while the other devices' workers already take tiles (their
-    steps wait for its frames through a :class:`FrameGate`); the caller's own worker joins when it is done.
-    Raises when the run was stopped (the caller's progress raised, ``before`` raised) or when every
-    device failed."""
+    ``make_step(worker)``: the ``tile_loop`` step on that worker's context. Raises when the run was
+    stopped (the caller's progress raised) or when every device failed."""
     live = [w for w in workers if w.failed is None]
     dealer = Dealer(tiles, live)
     steps = _Steps(bar, dealer)
@@ -210,9 +205,6 @@ def run_tiles(workers: list[Worker], tiles: list[Rect], total: int, k: int, make
         t.start()
     try:
         with torch.cuda.device(live[0].device) if live[0].device.type == "cuda" else nullcontext():
-            if before is not None:
-                before()
-                steps.drain()
             _work(live[0], dealer, total, k, make_step, steps.for_worker(True), fault, stage, idle=steps.drain)
         while any(t.is_alive() for t in threads):
             steps.drain(wait=0.05)

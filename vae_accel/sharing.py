@@ -1,5 +1,4 @@
-"""What the workers of a multi-device run share, thread-safe: the tiles still to do (:class:`Dealer`) and
-the frames of a whole-frame pass that are ready for them (:class:`FrameGate`)."""
+"""What the workers of a multi-device run share, thread-safe: the tiles still to do (:class:`Dealer`)."""
 from __future__ import annotations
 
 import threading
@@ -65,37 +64,3 @@ class Dealer:
             if self.stopped is None:
                 self.stopped = exc
             self.cond.notify_all()
-
-
-class FrameGate:
-    """The frames of a whole-frame pass (the decode's stem) that are finished and readable from the host,
-    so that tiles on other devices start while the pass still runs on the main device. The producer
-    publishes how many leading frames are ready (after its copies to the host are complete); a consumer's
-    step waits for the frames it reads. Thread-safe."""
-
-    def __init__(self):
-        self.store = None
-        self.ready = 0
-        self.aborted = False
-        self.cond = threading.Condition()
-
-    def publish(self, store, frames: int) -> None:
-        """``store``'s first ``frames`` frames are final (they are never written again)."""
-        with self.cond:
-            self.store, self.ready = store, frames
-            self.cond.notify_all()
-
-    def abort(self) -> None:
-        """The producer failed: waiting consumers leave (the run is being stopped)."""
-        with self.cond:
-            self.aborted = True
-            self.cond.notify_all()
-
-    def wait(self, frames: int):
-        """The store once its first ``frames`` frames are ready; raises Stopped if the producer failed."""
-        with self.cond:
-            while self.ready < frames:
-                if self.aborted:
-                    raise Stopped()
-                self.cond.wait(0.05)
-            return self.store
