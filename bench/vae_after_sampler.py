@@ -55,6 +55,10 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=2, help="calls per op (the first pays first-call costs)")
     ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "wan_accel_bench_models_vae"))
     ap.add_argument("--cpu-check", action="store_true", help="tiny CPU run of this script (64x64, 5 frames)")
+    ap.add_argument("--ours-gb", default="",
+                    help="also run ours with these node budgets (max_vram_gb, comma-separated): ops ours<N>_decode ...")
+    ap.add_argument("--profile", default="",
+                    help="folder: torch.profiler tables of each ours op's last rep (top ops by self CPU and device time)")
     cards.add_arguments(ap)
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     opts = ap.parse_args(argv)
@@ -167,6 +171,8 @@ def run_ops(opts, card, vae, z, video, ref, dev, cuda) -> dict:
     row: dict = {"sampler_s": round(time.perf_counter() - t0, 2), "expert_mb": round(expert.model_size() / 2**20)}
     resident = opts.case.startswith("resident")
     patched = WanAccelVAEPatch.execute(vae).args[0]
+    budgets = {f"ours{gb}": WanAccelVAEPatch.execute(vae, max_vram_gb=float(gb)).args[0]
+               for gb in filter(None, opts.ours_gb.split(","))}
 
     def restore():
         """The state the sampler left: the expert loaded (and in the resident case, X GiB free beside it)."""
@@ -176,8 +182,10 @@ def run_ops(opts, card, vae, z, video, ref, dev, cuda) -> dict:
         if resident and cuda:
             row["filler"] = card.fill_to(float(opts.case[len("resident"):]))
 
-    ops = {"stock_decode": lambda: vae.decode(z), "ours_decode": lambda: patched.decode(z),
-           "stock_encode": lambda: vae.encode(video), "ours_encode": lambda: patched.encode(video)}
+    ops = {"stock_decode": lambda: vae.decode(z), "ours_decode": lambda: patched.decode(z)}
+    ops.update({f"{k}_decode": (lambda p=p: p.decode(z)) for k, p in budgets.items()})
+    ops.update({"stock_encode": lambda: vae.encode(video), "ours_encode": lambda: patched.encode(video)})
+    ops.update({f"{k}_encode": (lambda p=p: p.encode(video)) for k, p in budgets.items()})
     for rep in range(opts.reps):
         for name, fn in ops.items():
             restore()
@@ -193,34 +201,89 @@ def run_ops(opts, card, vae, z, video, ref, dev, cuda) -> dict:
             row[f"{name}_{rep}"] = r
             print(opts.case, name, rep, r, file=sys.stderr, flush=True)
             del out
+    if opts.profile and cuda:  # one more call of each of ours, profiled: its seconds are not compared
+        for name, fn in ops.items():
+            if not name.startswith("stock"):
+                restore()
+                r = timed_op(fn, cuda, card, Path(opts.profile) / f"{opts.case}_{name}.txt")
+                r.pop("out", None)
+                row[f"{name}_profiled"] = r
     last = opts.reps - 1
     for op in ("decode", "encode"):
-        s, o = row[f"stock_{op}_{last}"].get("s"), row[f"ours_{op}_{last}"].get("s")
-        row[f"{op}_speedup"] = round(s / o, 3) if s and o else None
+        s = row[f"stock_{op}_{last}"].get("s")
+        for ours in ["ours"] + list(budgets):
+            o = row[f"{ours}_{op}_{last}"].get("s")
+            row[f"{op}_speedup" if ours == "ours" else f"{ours}_{op}_speedup"] = round(s / o, 3) if s and o else None
     return row
 
 
-def timed_op(fn, cuda: bool, card) -> dict:
+class PhaseTotals:
+    """Seconds per engine / bridge phase of one op (the telemetry's phase events, summed by name)."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+
+    def __call__(self, event: dict) -> None:
+        if event.get("kind") == "phase":
+            self.seconds[event["name"]] = self.seconds.get(event["name"], 0.0) + event["seconds"]
+
+    def __enter__(self):
+        from wan_accel.telemetry import phases
+
+        phases.add_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        from wan_accel.telemetry import phases
+
+        phases.remove_listener(self)
+
+
+def profiled(fn, path: Path):
+    """``fn`` under torch.profiler; its top ops by self CPU time and by device time go to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    by_device = "self_device_time_total" if hasattr(table[0], "self_device_time_total") else "self_cuda_time_total"
+    path.write_text(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60) + "\n\n"
+                    + table.table(sort_by=by_device, row_limit=30, max_name_column_width=60))
+    return out
+
+
+def timed_op(fn, cuda: bool, card, profile_path: Path | None = None) -> dict:
     import gc
 
     import torch
 
+    if profile_path is not None:
+        fn = (lambda f=fn: profiled(f, profile_path))
     gc.collect()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     sampler = cards.DeviceMemorySampler(torch) if cuda else None
     t0 = time.perf_counter()
+    totals = PhaseTotals()
     try:
-        if sampler:
-            with sampler:
+        with totals:
+            if sampler:
+                with sampler:
+                    out = fn()
+                    torch.cuda.synchronize()
+            else:
                 out = fn()
-                torch.cuda.synchronize()
-        else:
-            out = fn()
     except Exception as exc:  # an out-of-memory stock path is a result, not a crash
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "s": None}
     r = {"s": round(time.perf_counter() - t0, 3), "out": out}
+    if totals.seconds:
+        r["phases_s"] = {k: round(v, 3) for k, v in totals.seconds.items()}
+    if profile_path is not None:
+        r["profiled"] = True  # its seconds include the profiler's cost
     if cuda:
         r["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
         r["device_peak_used_gib"] = sampler.peak_used_gib(card)

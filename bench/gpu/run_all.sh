@@ -11,7 +11,7 @@
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
-LOG="$OUT/run_all.log"
+LOG=${LOG:-$OUT/run_all.log}  # two cells run side by side on two GPUs: one log each
 BUDGET=${BUDGET_S:-500}
 models=/tmp/wan_accel_bench_models
 for case in "$@"; do
@@ -21,7 +21,7 @@ for case in "$@"; do
       gb=${case##*-}; v=0.33.0; [[ $case == tp080-* ]] && v=0.8.0
       dyn=on; [[ $case == tp033legacy-* ]] && dyn=off
       cmd=(python3 bench/two_pass.py --comfy "/tmp/comfy-$v" --vram-gb "$gb" --comfy-dynamic-vram "$dyn"
-           --paths stock,accel_sdpa,accel_auto --warm 1 --budget-s "$BUDGET" --models "$models") ;;
+           --paths "${PATHS:-stock,accel_sdpa,accel_auto}" --warm 1 --budget-s "$BUDGET" --models "$models") ;;
     vae033|vae033legacy)
       cmd=(python3 bench/vae_after_sampler.py --comfy /tmp/comfy-0.33.0 --cases roomy,resident2.5,16,12)
       [[ $case == vae033legacy ]] && cmd+=(--legacy) ;;
