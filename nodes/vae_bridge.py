@@ -23,6 +23,7 @@ from ..vae_accel import options
 from ..vae_accel.budget import plan_budget
 from ..vae_accel.ops import module_weights
 from ..vae_accel.run_options import RunOptions
+from ..telemetry.phases import phase
 
 log = logging.getLogger("wan_accel")
 
@@ -158,27 +159,33 @@ def encode(vae, pixels, overrides: Overrides):
     or (B, T, H, W, C) in [0, 1] go through core's own cropping and ``process_input``; the latent comes
     back on the intermediate device in ComfyUI's intermediate dtype, through ``format_encoded`` if set."""
     graph = _start(vae, overrides, "encode")
-    video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)
-    if video.dim() < 5:  # frames of one video, as core reads a 4-D batch for a video VAE
-        video = video.movedim(1, 0).unsqueeze(0)
-    video = vae.process_input(video)
-    _load(vae)
+    # the phases around the engine's own say where the rest of the node's time goes (telemetry)
+    with phase("vae.input"):
+        video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)
+        if video.dim() < 5:  # frames of one video, as core reads a 4-D batch for a video VAE
+            video = video.movedim(1, 0).unsqueeze(0)
+        video = vae.process_input(video)
+    with phase("vae.load"):
+        _load(vae)
     latent = engine_encode(vae.first_stage_model, video, _run_options(vae, overrides, graph, "encode", video.shape),
                            layout="raw")
-    latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
-    format_encoded = getattr(vae, "format_encoded", None)
-    return format_encoded(latent) if format_encoded is not None else latent
+    with phase("vae.output"):
+        latent = latent.to(device=vae.output_device, dtype=_output_dtype(vae))
+        format_encoded = getattr(vae, "format_encoded", None)
+        return format_encoded(latent) if format_encoded is not None else latent
 
 
 def decode(vae, latent, overrides: Overrides):
     """What ``comfy.sd.VAE.decode`` returns for a Wan video latent, computed by the engine: (B, T, H, W, C)
     on the intermediate device in ComfyUI's intermediate dtype, through the VAE's own ``process_output``."""
     graph = _start(vae, overrides, "decode")
-    _load(vae)
+    with phase("vae.load"):
+        _load(vae)
     raw = engine_decode(vae.first_stage_model, latent, _run_options(vae, overrides, graph, "decode", latent.shape),
                         layout="raw")
-    pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
-    return pixels.movedim(1, -1)
+    with phase("vae.output"):
+        pixels = vae.process_output(raw.to(device=vae.output_device, dtype=_output_dtype(vae)))
+        return pixels.movedim(1, -1)
 
 
 def _output_dtype(vae) -> torch.dtype:
