@@ -1,6 +1,8 @@
 """The engine's encode equals diffusers' untiled encode, for every plan, OOM retry and input."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -60,6 +62,43 @@ def test_comfy_layout_and_frame_trim(caplog):
     assert out.shape == ref.shape == (1, 16, 2, 4, 4)
     assert (out - ref).abs().max().item() <= 2e-5  # x -> (x+1)/2 -> 2y-1 rounds once more
     assert any("the last 2 are dropped" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("layout", ["raw", "comfy"])
+@pytest.mark.parametrize("stage_share", [0.0, 1.0])
+def test_pixels_read_from_the_host_or_staged_on_the_device_encode_the_same(monkeypatch, layout, stage_share):
+    """With room in the budget the video is staged on the device once; without, each tile reads its pixels
+    from host memory. Both equal the untiled encode, in either layout, and the staged pixels leave the
+    plan less of the budget."""
+    encode_module = sys.modules["wan_accel.vae_accel.encode"]  # the package exports the function under that name
+
+    model = wan21()
+    x = _video((1, 3, 9, 40, 48), seed=6)
+    ref = _ref(model, x)
+    plans, stages = [], []
+    real_plan, real_stage = encode_module.plan_encode, encode_module.stage_video
+    monkeypatch.setattr(encode_module, "plan_encode", lambda *a, **k: plans.append(a[4]) or real_plan(*a, **k))
+    monkeypatch.setattr(encode_module, "stage_video", lambda *a, **k: stages.append(1) or real_stage(*a, **k))
+    monkeypatch.setattr(encode_module, "STAGE_SHARE", stage_share)
+    monkeypatch.setattr(encode_module, "STAGE_CHUNK_FRAMES", 2)  # several chunks over 9 frames
+    video = x if layout == "raw" else ((x + 1) / 2).permute(0, 2, 3, 4, 1)
+    budget = 2**30
+    out = encode(model, video, layout=layout, budget_bytes=budget, tile=3, slice_len=1, progress=False)
+    assert (out - ref).abs().max().item() <= TOL
+    staged_bytes = x.numel() * x.element_size()
+    assert stages == ([1] if stage_share else [])
+    assert plans == [budget - staged_bytes if stage_share else budget]
+
+
+def test_a_video_with_nan_is_refused_whether_staged_or_not(monkeypatch):
+    encode_module = sys.modules["wan_accel.vae_accel.encode"]  # the package exports the function under that name
+
+    x = _video((1, 3, 5, 32, 32), seed=7)
+    x[0, 1, 3, 5, 7] = float("nan")
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(encode_module, "STAGE_SHARE", share)
+        with pytest.raises(BadVideo, match="NaN"):
+            encode(wan21(), x, budget_bytes=2**30, progress=False)
 
 
 def test_injected_oom_in_encode_keeps_finished_work():
