@@ -16,9 +16,9 @@ def _plan_inputs() -> list:
     return [
         io.Float.Input("max_vram_gb", default=0.0, min=0.0, max=options.MAX_VRAM_GB, step=0.25, optional=True,
                        tooltip="Most device memory the VAE's work may use, in GiB (its weights not counted), and "
-                               "never more than is free: no model is unloaded for it. 0: a quarter of the free "
+                               "never more than is free: no model is unloaded for it. 0: half of the free "
                                "VRAM (with Dynamic VRAM, counting what ComfyUI can stream out), kept between 3 and "
-                               "6 GiB for decode and 2 and 6 GiB for encode, and never more than core's own VAE "
+                               "8 GiB for decode and 2 and 8 GiB for encode, and never more than core's own VAE "
                                "would reserve. Less memory means smaller tiles and more time."),
         io.Int.Input("tile_size", default=0, min=0, max=options.MAX_TILE_PIXELS, step=16, optional=True,
                      tooltip="Largest tile side in image pixels (decode's output, encode's input); 0: the planner "

@@ -78,9 +78,10 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize("free_gib, decode_gib, encode_gib", [
-    (70.0, 6.0, 6.0),    # an 80 GB card with two fp8 experts loaded: the caps (encode's: stock's 0.33 peak)
-    (20.0, 5.0, 5.0),    # a 24 GB card: a quarter of what is free
-    (8.0, 3.0, 2.0),     # tight: the floors, which keep the low-VRAM plans
+    (70.0, 8.0, 8.0),    # an 80 GB card with two fp8 experts loaded: the caps
+    (12.0, 6.0, 6.0),    # a 16 GB card after its sampler: half of what is free
+    (5.0, 3.0, 2.5),     # tight: decode's floor, which keeps the low-VRAM plans; encode's half
+    (3.0, 3.0, 2.0),     # tighter: the floors
     (1.5, 1.5, 1.5),     # tighter than the floor: never more than is free
 ])
 def test_default_budget_is_a_share_of_free_memory_between_floor_and_cap(free_gib, decode_gib, encode_gib):
