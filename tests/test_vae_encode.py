@@ -90,6 +90,25 @@ def test_pixels_read_from_the_host_or_staged_on_the_device_encode_the_same(monke
     assert plans == [budget - staged_bytes if stage_share else budget]
 
 
+def test_no_room_to_stage_the_video_falls_back_to_host_reads(monkeypatch, caplog):
+    """Staging that runs out of memory loses nothing: the encode reads from host memory with the whole
+    budget, and equals the untiled encode."""
+    encode_module = sys.modules["wan_accel.vae_accel.encode"]
+    model = wan21()
+    x = _video((1, 3, 5, 32, 40), seed=8)
+    plans, real_plan = [], encode_module.plan_encode
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(encode_module, "stage_video", no_room)
+    monkeypatch.setattr(encode_module, "plan_encode", lambda *a, **k: plans.append(a[4]) or real_plan(*a, **k))
+    with caplog.at_level("INFO", logger="wan_accel"):
+        out = encode(model, x, budget_bytes=2**30, tile=2, progress=False)
+    assert (out - _ref(model, x)).abs().max().item() <= TOL
+    assert plans == [2**30] and "host memory" in caplog.text
+
+
 def test_a_video_with_nan_is_refused_whether_staged_or_not(monkeypatch):
     encode_module = sys.modules["wan_accel.vae_accel.encode"]  # the package exports the function under that name
 

@@ -203,12 +203,12 @@ def test_i2v_two_pass_end_to_end(e2e_server):
     # the VAE patch: the core VAE Decode ran our engine (its phases are on that node)
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
     phases = {p["name"] for p in records[decode].get("phases", [])}
-    assert {"vae.stem", "vae.tiles"} <= phases, records[decode]
+    assert {"vae.load", "vae.stem", "vae.tiles", "vae.output"} <= phases, records[decode]  # bridge and engine
 
     # ... and WanImageToVideo's encode of the start image too (WanAccelVAEPatch routes encode)
     encode = next(nid for nid, n in prompt.items() if n["class_type"] == "WanImageToVideo")
     encode_phases = {p["name"] for p in records[encode].get("phases", [])}
-    assert any(p.startswith("vae.") for p in encode_phases), records[encode]
+    assert {"vae.input", "vae.load", "vae.encode_tiles", "vae.encode_middle", "vae.output"} <= encode_phases, records[encode]
 
     log = (srv["work"] / "server.log").read_text()
     assert "lora key not loaded" not in log, "every fixture LoRA key maps onto the expert"

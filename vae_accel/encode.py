@@ -20,7 +20,7 @@ from .planner import plan_encode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import element_size
+from .runtime import element_size, is_oom, release_memory
 from .schedule import frame_loop, steps_for, tile_loop
 from .validate import BadVideo, check_video
 
@@ -65,9 +65,15 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     budget_bytes = multi_device.shared_budget(devices, "encode", o.budget_bytes, ctx.device)
     staged = staging_bytes(video.shape, layout, ctx.dtype, budget_bytes)
     if staged:  # the pixels live on the device for the whole encode: the plan gets the rest of the budget
-        video = stage_video(video, layout, T, ctx)
-        layout = "raw"
-        budget_bytes = None if budget_bytes is None else budget_bytes - staged
+        try:
+            video, layout = stage_video(video, layout, T, ctx), "raw"
+            budget_bytes = None if budget_bytes is None else budget_bytes - staged
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            release_memory(ctx.device)
+            log.info("wan_accel: no room to stage the video on %s; tiles read their pixels from host memory",
+                     ctx.device)
     check_finite(video)
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
