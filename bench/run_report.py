@@ -35,6 +35,8 @@ def describe_node(r: dict) -> dict:
         phases[p["name"]] = round(phases.get(p["name"], 0.0) + p.get("seconds", 0.0), 4)
     if phases:
         entry["phases_s"] = phases
+    if r.get("vae_plan"):
+        entry["vae_plan"] = r["vae_plan"]
     for key in ("models_loaded", "models_unloaded"):
         if r.get(key):
             entry[key] = _models(r[key])

@@ -52,6 +52,11 @@ def attention(node: NodeState) -> list[dict]:
     return out
 
 
+def vae_plans(node: NodeState) -> list[dict]:
+    """The VAE engine's plans in this node (its ``vae.plan`` notes): stage, tiles, slices, steps, budget."""
+    return [{k: v for k, v in n.items() if k not in ("kind", "name")} for n in node.notes if n.get("name") == "vae.plan"]
+
+
 def oom_retries(node: NodeState) -> int:
     return sum(1 for n in node.notes if "oom" in str(n.get("name", "")).lower())
 
@@ -161,6 +166,9 @@ def node_record(node: NodeState) -> dict:
     kernels = attention(node)
     if kernels:
         rec["attention"] = kernels
+    plans = vae_plans(node)
+    if plans:
+        rec["vae_plan"] = plans
     if node.error:
         rec["error"] = node.error
     return rec

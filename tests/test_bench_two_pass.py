@@ -152,4 +152,6 @@ def test_small_run_in_real_comfyui_matches_stock_frames(comfyui, tmp_path):
     assert result["frames"]["stock_vs_accel_sdpa_0"]["psnr_db"] > 100
     accel_nodes = {n["type"]: n for n in result["runs"][1]["nodes"]}
     assert "vae.tiles" in accel_nodes["VAEDecode"]["phases_s"]  # the patched VAE ran our engine
+    assert [p["stage"] for p in accel_nodes["VAEDecode"]["vae_plan"]] == ["decode"]  # ... with this plan
+    assert [p["stage"] for p in accel_nodes["WanImageToVideo"]["vae_plan"]] == ["encode"]
     assert result["comfy_boot"]["dynamic_vram"] in (None, False)  # on the CPU: off (0.33) or absent

@@ -184,3 +184,22 @@ def test_bad_videos_get_clear_errors(video, layout, match):
 def test_encode_rejects_non_wan_vae():
     with pytest.raises(UnsupportedVAE, match="Wan 2.1 VAE"):
         encode(torch.nn.Linear(2, 2), torch.zeros(1, 3, 1, 8, 8), progress=False)
+
+
+def test_the_plans_that_ran_are_in_the_telemetry_record():
+    """Each engine call notes its plan (tiles, slices, steps, budget, staged input); the node record lists
+    them, so a graph shows how the VAE ran, not only how long it took."""
+    from wan_accel.telemetry.recorder import Recorder
+    from wan_accel.vae_accel import decode
+
+    model = wan21()
+    x = _video((1, 3, 9, 40, 48), seed=9)
+    rec = Recorder()
+    with rec.session("bench.vae"):
+        latent = encode(model, x, budget_bytes=2**30, tile=3, slice_len=1, progress=False)
+        decode(model, latent, tile=2, slice_len=2, progress=False)
+    enc, dec = rec.last_run["nodes"][0]["vae_plan"]
+    assert enc["stage"] == "encode" and dec["stage"] == "decode"
+    assert enc["tiles"] == 4 and enc["slices"] == 3 and enc["steps"] == 12  # 5x6 latent in 3x3 tiles; 1+1+1 frames
+    assert enc["staged_mb"] == round(x.numel() * 4 / 2**20, 1) and enc["budget_mb"] == round(1024 - enc["staged_mb"], 1)
+    assert dec["tiles"] == 9 and dec["slices"] == 2 and dec["tile_px"] == "16x16" and dec["budget_mb"] is None

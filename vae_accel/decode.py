@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from ..telemetry.phases import phase
+from ..telemetry.phases import note, phase
 from . import multi_device
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
@@ -57,6 +57,7 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     devices = multi_device.devices_for(o, ctx, find_module(vae), "decode")
     plan = _plan(graph, latent.shape, ctx, o, devices)
     log.debug("wan_accel decode plan: %s", plan)
+    note("vae.plan", stage="decode", devices=len(devices), **plan.facts((H, W), T, graph.space_factor))
 
     oh, ow = graph.up.out_size((H, W))
     ot = out_frame(T, graph.time_factor)

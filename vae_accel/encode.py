@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from ..telemetry.phases import phase
+from ..telemetry.phases import note, phase
 from . import multi_device
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
 from .kernels.rewrite import accelerated
@@ -64,10 +64,12 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     devices = multi_device.devices_for(o, ctx, find_module(vae), "encode")
     budget_bytes = multi_device.shared_budget(devices, "encode", o.budget_bytes, ctx.device)
     staged = staging_bytes(video.shape, layout, ctx.dtype, budget_bytes)
+    staged_now = False
     if staged:  # the pixels live on the device for the whole encode: the plan gets the rest of the budget
         try:
             video, layout = stage_video(video, layout, T, ctx), "raw"
             budget_bytes = None if budget_bytes is None else budget_bytes - staged
+            staged_now = True
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -77,6 +79,8 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     check_finite(video)
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
+    note("vae.plan", stage="encode", devices=len(devices), staged_mb=round(staged / 2**20, 1) if staged_now else 0.0,
+         **plan.facts((h, w), T_lat, sf))
 
     out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)
     tiles = plan.tiles((h, w))

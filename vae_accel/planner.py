@@ -46,6 +46,16 @@ class Plan:
                 f"each), estimated {self.est_bytes / 2**30:.2f} GiB; {budget} ({self.reason})")
 
 
+    def facts(self, latent_size: tuple[int, int], frames: int, space_factor: int) -> dict:
+        """The plan as figures for a record (telemetry's ``vae.plan`` note): what ran, not what was asked."""
+        n = len(self.tiles(latent_size))
+        slices = 1 + -(-(frames - 1) // self.slice_len) if frames > 1 else 1
+        mib = lambda b: None if b is None else round(b / 2**20, 1)  # noqa: E731 - one-line unit change
+        return {"tiles": n, "tile_px": f"{self.tile_h * space_factor}x{self.tile_w * space_factor}", "slices": slices,
+                "slice_frames": self.slice_len, "steps": n * slices, "estimated_mb": mib(self.est_bytes),
+                "budget_mb": mib(self.budget_bytes)}
+
+
 def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
     """Near-equal tiles no larger than th x tw covering an image of ``size``, row-major."""
     H, W = size
