@@ -4,7 +4,8 @@ Wan 2.1 VAE (dim 96) at 81 and 161 frames of 1216x832 and the Wan 2.2 VAE at 81 
 random weights of the real architecture, bf16. Per case and per side: seconds of the first call (the
 other GPUs' first touch: weights copied, kernels chosen) and a warm call, peak memory allocated per
 device, the plan's tiles; the multi-GPU frames' max abs difference from the one-GPU frames (0 when both
-run the same tiles: ``same_tiles``). Writes JSON.
+run the same tiles: ``same_tiles``). ``--split-stem`` adds a third side: the tiles dealt as before and the
+stem split by rows over the GPUs too (RunOptions.split_stem), with its difference from one GPU. Writes JSON.
 
     python bench/vae_multi_gpu.py --comfy /path/to/ComfyUI --out bench/results/vae_multi_gpu.json
     python bench/vae_multi_gpu.py --cpu-check --out /tmp/vae_multi_gpu_cpu.json   # tiny, two CPU workers
@@ -69,7 +70,7 @@ def call(fn, devices) -> tuple[torch.Tensor, dict]:
     return out, {"s": round(seconds, 3), "peak_gib": peaks}
 
 
-def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool) -> dict:
+def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool, split_stem: bool = False) -> dict:
     from wan_accel.vae_accel import decode, decode_plan
 
     H, W = size
@@ -100,6 +101,14 @@ def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool)
     row["bitwise_equal"] = bool(torch.equal(out, ref))
     row["speedup_warm"] = round(row["one_warm"]["s"] / row["many_warm"]["s"], 3)
     row["speedup_first"] = round(row["one_first"]["s"] / row["many_first"]["s"], 3)
+    if split_stem:
+        def split():
+            return decode(model, z, dtype=dtype, progress=False, devices=devices, split_stem=True, **extra)
+
+        out, row["split_first"] = call(split, devices)
+        _, row["split_warm"] = call(split, devices)
+        row["split_max_abs_diff"] = (out.float() - ref.float()).abs().max().item()
+        row["split_speedup_warm"] = round(row["one_warm"]["s"] / row["split_warm"]["s"], 3)
     print(row, flush=True)
     return row
 
@@ -109,6 +118,7 @@ def main() -> None:
     p.add_argument("--comfy", help="ComfyUI checkout whose VAE modules to use (default: diffusers')")
     p.add_argument("--out", default="bench/results/vae_multi_gpu.json")
     p.add_argument("--cpu-check", action="store_true", help="tiny CPU run: small VAEs, two CPU workers, float32")
+    p.add_argument("--split-stem", action="store_true", help="also the stem split by rows over the GPUs")
     a = p.parse_args()
     load_comfy(a.comfy)
     load_wan_accel()
@@ -134,7 +144,7 @@ def main() -> None:
         if version not in models:
             models.clear()  # one full-size VAE at a time on the main GPU
             models[version] = wan_vae(version, bool(a.comfy), a.cpu_check).to(devices[0], dtype)
-        res["runs"].append(run_case(version, frames, size, models[version], devices, dtype, a.cpu_check))
+        res["runs"].append(run_case(version, frames, size, models[version], devices, dtype, a.cpu_check, a.split_stem))
     res["total_s"] = round(time.perf_counter() - t0, 1)
     write_json(a.out, res)
 

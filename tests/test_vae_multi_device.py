@@ -338,3 +338,94 @@ def test_devices_reach_the_engine_and_auto_on_the_cpu_is_the_one_device_run(comf
         mappings["WanAccelVAEDecode"].execute(samples=z, vae=vae, devices="1")
     patched = mappings["WanAccelVAEPatch"].execute(vae=vae, devices="0,1").result[0]
     assert patched.wan_accel_overrides.devices == "0,1"
+
+
+class _StemBands:
+    """A fault hook that records which worker computed which band of the split stem, and raises ``fail``
+    on worker ``who``'s ``at``-th slice."""
+
+    def __init__(self, who=None, at=None, fail=None):
+        self.who, self.at, self.fail = who, at, fail
+        self.bands: dict = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, stage, info):
+        if not info.get("split"):
+            return
+        with self.lock:
+            self.bands.setdefault(info["worker"], []).append((info["rect"], info["frames"]))
+            n = len(self.bands[info["worker"]])
+        if info["worker"] == self.who and n == self.at:
+            raise self.fail
+
+
+@pytest.mark.parametrize("n_devices", [2, 3])
+def test_the_stem_split_by_rows_over_devices_equals_one_device(caplog, n_devices):
+    """Each device computes a band of the stem's rows (its queries against every key of the attention);
+    the decode equals the one-device decode within float32 rounding and the untiled reference."""
+    model = wan21()
+    z = _latent((1, 16, 4, 11, 13), seed=11)
+    one = decode(model, z, tile=4, slice_len=2, progress=False)
+    bands = _StemBands()
+    with caplog.at_level(logging.WARNING, logger="wan_accel"):
+        split = decode(model, z, tile=4, slice_len=2, progress=False, devices=["cpu"] * n_devices, split_stem=True,
+                       fault=bands)
+    assert (split - one).abs().max().item() <= TOL
+    assert (split.clamp(-1, 1) - reference_decode(model, z)).abs().max().item() <= TOL
+    assert sorted(bands.bands) == list(range(n_devices))  # every device computed a band
+    rows = sorted({(r.y0, r.y1) for slices in bands.bands.values() for r, _ in slices})
+    assert rows[0][0] == 0 and rows[-1][1] == 11 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    assert all([f for _, f in slices] == [(0, 1), (1, 3), (3, 4)] for slices in bands.bands.values())
+    assert not caplog.records and not _wan_threads()
+
+
+def test_the_stem_split_for_wan22_in_comfy_layout_with_a_callers_weight_source():
+    """The other devices' stem weights are copies fetched through the caller's source on its thread."""
+    from contextlib import contextmanager
+
+    from wan_accel.vae_accel.ops import module_weights
+
+    model = wan22()
+    z = _latent((1, 48, 3, 5, 7), seed=12)
+    threads = set()
+
+    @contextmanager
+    def source(module, device, dtype):
+        threads.add(threading.current_thread())
+        with module_weights(module, device, dtype) as held:
+            yield held
+
+    one = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False)
+    bands = _StemBands()
+    split = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False, weights=source, devices=TWO,
+                   split_stem=True, fault=bands)
+    assert (split - one).abs().max().item() <= TOL and sorted(bands.bands) == [0, 1]
+    assert threads == {threading.current_thread()}
+
+
+@pytest.mark.parametrize("fail", [RuntimeError("injected device failure"), torch.OutOfMemoryError("injected")],
+                         ids=["error", "out_of_memory"])
+def test_a_device_failing_in_the_split_stem_leaves_the_stem_to_the_main_device(caplog, fail):
+    """Worker 1 fails on its second slice of the stem: every band stops, the main device runs the stem
+    alone (one warning naming the cause), and the decode is still right; no thread outlives the call."""
+    model = wan21()
+    z = _latent((1, 16, 4, 9, 10), seed=13)
+    one = decode(model, z, tile=5, slice_len=2, progress=False)
+    calls = []
+    bands = _StemBands(who=1, at=2, fail=fail)
+    with caplog.at_level(logging.WARNING, logger="wan_accel"):
+        split = decode(model, z, tile=5, slice_len=2, devices=TWO, split_stem=True, fault=bands,
+                       progress=lambda done, total: calls.append((done, total)))
+    assert (split - one).abs().max().item() <= TOL
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "stem split over 2 devices failed" in lines[0] and type(fail).__name__ in lines[0]
+    assert calls[-1][0] == calls[-1][1]  # the progress counts the stem once
+    assert not _wan_threads()
+
+
+def test_the_stem_stays_on_the_main_device_unless_asked():
+    model = wan21()
+    z = _latent((1, 16, 2, 8, 8), seed=14)
+    bands = _StemBands()
+    decode(model, z, tile=4, slice_len=1, progress=False, devices=TWO, fault=bands)
+    assert bands.bands == {}

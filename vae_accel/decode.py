@@ -15,15 +15,16 @@ import logging
 import torch
 
 from ..telemetry.phases import note, phase
-from . import multi_device
+from . import multi_device, stem_split
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
+from .op_base import Seq
 from .kernels.rewrite import accelerated
 from .planner import Plan, plan_decode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import element_size
+from .runtime import element_size, release_memory
 from .schedule import frame_loop, steps_for, tile_loop
 from .sink import HostSink
 from .validate import check_latent
@@ -64,11 +65,13 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     c = graph.out_channels
     sink = HostSink((B, c, ot, oh, ow) if layout == "raw" else (B, ot, oh, ow, c), ctx.device)
     bar = make_progress(o.progress, total=B * steps_for(len(plan.tiles((H, W))), T, plan.slice_len))
-    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.up, sink)  # none: one device
+    split = stem_split.split_parts(graph.stem) if o.split_stem and len(devices) > 1 else None
+    weighted = Seq([graph.stem, graph.up]) if split is not None else graph.up  # what other devices need weights of
+    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), weighted, sink)  # none: one device
     with torch.inference_mode():
         for b in range(B):
-            with phase("vae.stem", frames=T):
-                stem_out = _run_stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault)
+            with phase("vae.stem", frames=T, split=split is not None and bool(workers)):
+                stem_out = _stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault, workers, split)
             with phase("vae.tiles", tiles=len(plan.tiles((H, W)))):
                 if workers:
                     multi_device.run_tiles(workers, plan.tiles((H, W)), T, plan.slice_len,
@@ -96,6 +99,25 @@ def decode_plan(vae, latent_shape, options: RunOptions | None = None, **option_c
     ctx = o.context(find_module(vae))
     return _plan(decoder_graph(vae, o.kernels), latent_shape, ctx, o,
                  multi_device.devices_for(o, ctx, find_module(vae), "decode"))
+
+
+def _stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault, workers, split):
+    """The stem output: split by rows over ``workers`` when ``split`` (stem_split.split_parts) is given,
+    else (or if the split fails on any device) on the main device."""
+    if split is not None and workers:
+        try:
+            out = stem_split.run_split_stem(split, z, workers, plan.slice_len, fault=fault)
+        except stem_split.SplitFailed as exc:
+            log.warning("wan_accel: the VAE stem split over %d devices failed (%s); the main device runs it",
+                        len(workers), exc)
+            note("vae.stem_split_failed", devices=len(workers), error=type(exc.__cause__).__name__)
+            for w in workers:
+                release_memory(w.device)
+        else:
+            for _ in range(steps_for(0, z.shape[2], plan.slice_len)):  # the one-device stem's slices
+                bar.advance()
+            return out
+    return _run_stem(graph, z, plan, ctx, bar, fault)
 
 
 def _run_stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, bar, fault):

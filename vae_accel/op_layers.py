@@ -186,17 +186,28 @@ class FrameAttention(Op):
     def run(self, x, have, out, size, st, ctx):
         if out != Rect.full(size) or have != out:
             raise AssertionError("frame attention runs on whole frames only")
+        return self.run_rows(x, out, size, st, ctx)
+
+    def run_rows(self, x, rows: Rect, size, st, ctx):
+        """The output rows ``rows`` (full width) from whole frames ``x``: every pixel of a frame is a key,
+        only the pixels of ``rows`` are queries. Splitting the queries over devices splits the work and
+        leaves each output pixel's softmax over the same keys (decode_stem_split)."""
+        if x.shape[-2:] != size or rows.x0 != 0 or rows.x1 != size[1]:
+            raise AssertionError("frame attention reads whole frames and writes full-width rows")
         b, c, t, h, w = x.shape
-        y = self.norm.run(x, have, out, size, st, ctx)
+        full = Rect.full(size)
+        y = self.norm.run(x, full, full, size, st, ctx)
         with ctx.weights((self.key, "qkv"), self.to_qkv(), as_3d=True) as (wq, bq):
             qkv = F.conv3d(y, wq, bq)
         del y
         qkv = qkv.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.chunk(3, dim=-1)
+        rh = rows.y1 - rows.y0
+        q = q.reshape(b * t, 1, h, w, c)[:, :, rows.y0 : rows.y1].reshape(b * t, 1, rh * w, c)
         a = F.scaled_dot_product_attention(q, k, v)
-        a = a.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        a = a.reshape(b, t, rh, w, c).permute(0, 4, 1, 2, 3)
         with ctx.weights((self.key, "proj"), self.proj(), as_3d=True) as (wp, bp):
-            return F.conv3d(a.contiguous(), wp, bp).add_(x)
+            return F.conv3d(a.contiguous(), wp, bp).add_(x[:, :, :, rows.y0 : rows.y1])
 
 
 class TakeChannels(Op):

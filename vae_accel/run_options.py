@@ -33,7 +33,9 @@ class RunOptions:
     buffer with the residual add fused in, by Triton on CUDA, else torch); None (default) and True: on,
     False: the plain ops (benches compare the two). ``devices`` spreads the tiles over several devices
     (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
-    sequence such as ``("cuda:0", "cuda:1")``. The stem and the encode's middle block stay on ``device``."""
+    sequence such as ``("cuda:0", "cuda:1")``. The encode's middle block stays on ``device``; so does the
+    decode's stem unless ``split_stem`` (stem_split: each device computes a band of its rows; off until it
+    is measured on several GPUs)."""
 
     budget_bytes: int | None = None
     tile: int | None = None
@@ -47,6 +49,7 @@ class RunOptions:
     weights: WeightSource | None = None
     kernels: bool | None = None
     devices: tuple | str | None = None
+    split_stem: bool = False
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **changes) -> "RunOptions":
