@@ -355,7 +355,7 @@ def _hover_title(cdp, node_expr: str, dxs=(0, 2)) -> str:
                     "return t && t.style.display === 'block' ? t.innerText : ''; })()")
 
 
-def _illustration(run: dict, attention_node_id: str) -> dict:
+def _illustration(run: dict, attention_node_id: str, vae_node_id: str | None = None) -> dict:
     """The run just recorded with node 2's figures replaced by a Wan 2.2 sampler's: a 2.3 GB partial load,
     an expert swap, LoRA patched on the fly, and an attention kernel that fell back for one shape. A
     CPU run cannot produce them; the findings come from the same advice code the recorder runs."""
@@ -376,6 +376,15 @@ def _illustration(run: dict, attention_node_id: str) -> dict:
                            {"model": "WanModel@b4c2d1", "shape": "1x40x512x72", "backend": "sdpa", "requested": "sage",
                             "fallback": True, "reason": "fallback: sage: head dim 72 unsupported", "node_id": attention_node_id}])
     run["wall_s"] = 61.5
+    if vae_node_id is not None:  # a VAE Decode run by our engine: its plan and where its seconds went
+        run["nodes"].append({
+            "node_id": vae_node_id, "display_node_id": vae_node_id, "type": "VAEDecode (illustration)", "status": "ok",
+            "cached": False, "seconds": 3.56, "share": 0.04, "gpu_s": 3.5, "vram_peak_allocated_mb": 4433.0,
+            "steps": {"count": 84, "unit": "VAE step", "total": 84, "seconds": [0.04] * 84, "mean_s": 0.04, "max_s": 0.2},
+            "vae_plan": [{"stage": "decode", "devices": 1, "tiles": 6, "tile_px": "208x832", "slices": 14, "slice_frames": 2,
+                          "steps": 84, "estimated_mb": 4200.0, "budget_mb": 6144.0}],
+            "phases": [{"name": "vae.load", "seconds": 0.017}, {"name": "vae.stem", "seconds": 0.178},
+                       {"name": "vae.tiles", "seconds": 2.785}, {"name": "vae.output", "seconds": 0.072}]})
     node["advice"] = node_advice(node, run["wall_s"])
     run["advice"] = [{"node_id": "2", "type": node["type"], **a} for a in node["advice"]]
     run["totals"] = dict(run["totals"], partial_loads=1, offloaded_mb=2299.8, gpu_s=37.9, vram_peak_allocated_mb=14820,
@@ -390,11 +399,14 @@ def _show_illustration(cdp, run: dict, vue: bool) -> dict:
     # the attention node goes in the free column right of the graph
     attention_id = cdp.eval("""(() => { const n = LiteGraph.createNode('WanAccelAttention');
         n.pos = [40 + %d, 150]; app.graph.add(n); return String(n.id); })()""" % (5 * 420 if vue else 4 * 300))
+    vae_id = cdp.eval("""(() => { const n = LiteGraph.createNode('VAEDecode');
+        n.pos = [40 + %d, 420]; app.graph.add(n); return String(n.id); })()""" % (5 * 420 if vue else 4 * 300))
     time.sleep(1.0)
-    illustrated = _illustration(run, attention_id)
+    illustrated = _illustration(run, attention_id, vae_id)
     return cdp.eval(f"""(() => {{ const t = window.wanAccelTelemetry; t.showRun({json.dumps(illustrated)});
         const parts = (id) => {{ const n = app.graph.getNodeById(id); return t.nodeParts(n.__wanAccelTelemetry, n.__wanAccelAttention).map(p => p.text); }};
-        return {{sampler: parts(2), attention: parts({attention_id}), attention_id: {json.dumps(attention_id)}}}; }})()""")
+        return {{sampler: parts(2), attention: parts({attention_id}), attention_id: {json.dumps(attention_id)},
+                vae: parts({vae_id}), vae_id: {json.dumps(vae_id)}}}; }})()""")
 
 
 def _keep(shot: Path, name: str) -> None:
@@ -440,6 +452,11 @@ def test_browser_classic_canvas_overlay_hover_card_and_panel(server, browser, tm
     assert "! attention WanModel@b4c2d1 1x40x512x72: ran sdpa (asked sage) — fallback: sage: head dim 72 unsupported" in card
     attention_card = _hover_title(browser, f"app.graph.getNodeById({drawn['attention_id']})")
     assert attention_card.startswith("attention WanModel@b4c2d1 1x40x7560x128: ran sage"), attention_card
+    vae_card = _hover_title(browser, f"app.graph.getNodeById({drawn['vae_id']})")
+    _shot(browser, tmp_path / "vae.png")
+    _keep(tmp_path / "vae.png", "_vae")
+    assert "VAE decode: 6 tiles of 208x832 px × 14 slices = 84 steps; budget 6.00G (est. 4.10G)" in vae_card, vae_card
+    assert "VAE time: load 17.0ms, stem 0.18s, tiles 2.79s, output 72.0ms" in vae_card, vae_card
 
     # A/B: the two newest saved runs that executed something, side by side
     browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=700, y=990)  # hover card away

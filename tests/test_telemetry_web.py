@@ -141,3 +141,21 @@ def test_chips_go_where_they_cover_no_widgets_and_no_group_title():
     assert out["under_title"]["side"] == "below" and out["under_title"]["top"] == 403 and out["under_title"]["covers"] == 0
     assert out["boxed_in"]["covers"] > 0  # nowhere free: the least covered spot
     assert out["left_taken"] == {"left": 180, "top": 181, "right": 300, "bottom": 197, "side": "above", "covers": 0}
+
+
+def test_hover_card_says_how_the_vae_ran_and_where_its_time_went():
+    rec = dict(VAE, vae_plan=[{"stage": "decode", "devices": 1, "tiles": 6, "tile_px": "208x832", "slices": 14,
+                               "slice_frames": 2, "steps": 84, "estimated_mb": 4200.0, "budget_mb": 6144.0}],
+               phases=[{"name": "vae.load", "seconds": 0.02}, {"name": "vae.stem", "seconds": 0.18},
+                       {"name": "vae.tiles", "seconds": 2.78}, {"name": "vae.output", "seconds": 0.07}])
+    enc = dict(VAE, type="WanImageToVideo",
+               vae_plan=[{"stage": "encode", "devices": 2, "tiles": 1, "tile_px": "1216x832", "slices": 21,
+                          "slice_frames": 1, "steps": 21, "estimated_mb": 3000.0, "budget_mb": None, "staged_mb": 471.2}],
+               phases=[{"name": "vae.encode_tiles", "seconds": 1.5}, {"name": "vae.encode_tiles", "seconds": 0.5}])
+    dec_card, enc_card, plain = run_js("out(data.recs.map(r => parts.tooltipText(r)));", recs=[rec, enc, SAMPLER])
+    assert "VAE decode: 6 tiles of 208x832 px × 14 slices = 84 steps; budget 6.00G (est. 4.10G)" in dec_card
+    assert "VAE time: load 20.0ms, stem 0.18s, tiles 2.78s, output 70.0ms" in dec_card
+    assert ("VAE encode: 1 tile of 1216x832 px × 21 slices = 21 steps on 2 devices; no budget (est. 2.93G), "
+            "input staged on the GPU 471M") in enc_card
+    assert "VAE time: encode tiles 2.00s" in enc_card
+    assert "VAE time" not in plain and "Wan Accel VAE engine" not in plain  # no engine, nothing said of it

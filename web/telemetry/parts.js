@@ -17,6 +17,7 @@ export const TIPS = {
   attention: "Attention kernel that really ran, per model (on the sampler that ran the model and on the Wan Accel Attention node that asked for it). ! marks a fallback: the kernel asked for could not take those calls.",
   partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
   oom: "Out-of-memory retries inside the node (e.g. VAE decode retried tiled).",
+  vae_plan: "How the Wan Accel VAE engine ran: tiles and frame slices (one VAE step each), the memory budget it planned for and its estimate, and where the node's seconds went (ComfyUI's load and conversions, the engine's stem and tiles).",
   cached: "Output came from ComfyUI's cache: the node did not run.",
 };
 
@@ -121,10 +122,30 @@ export function tooltipText(rec, attn) {
   if (rec.partial_load) lines.push(`! ${fmtMB(rec.offloaded_mb ?? 0)} offloaded — ${TIPS.partial}`);
   if (rec.oom_retries) lines.push(`OOM×${rec.oom_retries} — ${TIPS.oom}`);
   lines.push(...modelLines(rec));
+  lines.push(...vaeLines(rec));
   lines.push(...kernels);
   if (rec.error?.message) lines.push(`error: ${rec.error.message.slice(0, 200)}`);
   for (const a of rec.advice ?? []) lines.push(`→ ${a.text}`);
   return lines.join("\n");
+}
+
+// How the VAE engine ran in the node (its vae_plan notes) and where the node's time went (phases).
+export function vaeLines(rec) {
+  const lines = [];
+  for (const p of rec.vae_plan ?? []) {
+    const budget = p.budget_mb == null ? "no budget" : `budget ${fmtMB(p.budget_mb)}`;
+    const staged = p.staged_mb ? `, input staged on the GPU ${fmtMB(p.staged_mb)}` : "";
+    const devices = p.devices > 1 ? ` on ${p.devices} devices` : "";
+    lines.push(`VAE ${p.stage}: ${p.tiles} tile${p.tiles === 1 ? "" : "s"} of ${p.tile_px} px × ${p.slices} slice${p.slices === 1 ? "" : "s"} = ${p.steps} steps${devices}; ${budget} (est. ${fmtMB(p.estimated_mb)})${staged}`);
+  }
+  const totals = new Map();
+  for (const ph of rec.phases ?? []) {
+    if (!String(ph.name).startsWith("vae.")) continue;
+    totals.set(ph.name.slice(4), (totals.get(ph.name.slice(4)) ?? 0) + (ph.seconds ?? 0));
+  }
+  if (totals.size) lines.push(`VAE time: ${[...totals].map(([k, v]) => `${k.replace("_", " ")} ${fmtS(v)}`).join(", ")}`);
+  if (lines.length) lines.push(TIPS.vae_plan);
+  return lines;
 }
 
 // What happened to models during the node, one line each (hover card, panel tooltips).
