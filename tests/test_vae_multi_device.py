@@ -72,6 +72,21 @@ class _Coverage:
         monkeypatch.setattr(sink_module.HostSink, "write", write)
 
 
+def _source_noting_threads(threads: set):
+    """A caller's weight source (as the bridge passes ComfyUI's cast) that notes the threads asking it."""
+    from contextlib import contextmanager
+
+    from wan_accel.vae_accel.ops import module_weights
+
+    @contextmanager
+    def source(module, device, dtype):
+        threads.add(threading.current_thread())
+        with module_weights(module, device, dtype) as held:
+            yield held
+
+    return source
+
+
 def _wan_threads():
     return [t for t in threading.enumerate() if t.name.startswith("wan_accel")]
 
@@ -157,19 +172,10 @@ def test_last_device_shrinks_on_out_of_memory_as_one_device_does(caplog):
 def test_a_callers_weight_source_is_asked_on_the_calling_thread_only():
     """ComfyUI's cast (the bridge's weight source) must not run on worker threads: the other devices get
     copies fetched through it up front, on the caller's thread; the output is unchanged."""
-    from contextlib import contextmanager
-
-    from wan_accel.vae_accel.ops import module_weights
-
     model = wan21()
     z = _latent((1, 16, 3, 8, 9), seed=10)
     threads = set()
-
-    @contextmanager
-    def source(module, device, dtype):
-        threads.add(threading.current_thread())
-        with module_weights(module, device, dtype) as held:
-            yield held
+    source = _source_noting_threads(threads)
 
     one = decode(model, z, tile=4, slice_len=1, progress=False, weights=source)
     workers = _Workers()
@@ -381,19 +387,10 @@ def test_the_stem_split_by_rows_over_devices_equals_one_device(caplog, n_devices
 
 def test_the_stem_split_for_wan22_in_comfy_layout_with_a_callers_weight_source():
     """The other devices' stem weights are copies fetched through the caller's source on its thread."""
-    from contextlib import contextmanager
-
-    from wan_accel.vae_accel.ops import module_weights
-
     model = wan22()
     z = _latent((1, 48, 3, 5, 7), seed=12)
     threads = set()
-
-    @contextmanager
-    def source(module, device, dtype):
-        threads.add(threading.current_thread())
-        with module_weights(module, device, dtype) as held:
-            yield held
+    source = _source_noting_threads(threads)
 
     one = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False)
     bands = _StemBands()
