@@ -25,7 +25,7 @@ from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
 from .runtime import element_size, release_memory
-from .schedule import frame_loop, steps_for, tile_loop
+from .schedule import frame_loop, slice_count, steps_for, tile_loop
 from .sink import HostSink
 from .validate import check_latent
 
@@ -114,7 +114,7 @@ def _stem(graph: DecoderGraph, z: torch.Tensor, plan: Plan, ctx: ExecContext, ba
             for w in workers:
                 release_memory(w.device)
         else:
-            for _ in range(steps_for(0, z.shape[2], plan.slice_len)):  # the one-device stem's slices
+            for _ in range(slice_count(z.shape[2], plan.slice_len)):  # the one-device stem's steps
                 bar.advance()
             return out
     return _run_stem(graph, z, plan, ctx, bar, fault)

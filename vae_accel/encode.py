@@ -64,22 +64,21 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     devices = multi_device.devices_for(o, ctx, find_module(vae), "encode")
     budget_bytes = multi_device.shared_budget(devices, "encode", o.budget_bytes, ctx.device)
     staged = staging_bytes(video.shape, layout, ctx.dtype, budget_bytes)
-    staged_now = False
     if staged:  # the pixels live on the device for the whole encode: the plan gets the rest of the budget
         try:
             video, layout = stage_video(video, layout, T, ctx), "raw"
             budget_bytes = None if budget_bytes is None else budget_bytes - staged
-            staged_now = True
         except Exception as exc:
             if not is_oom(exc):
                 raise
+            staged = 0
             release_memory(ctx.device)
             log.info("wan_accel: no room to stage the video on %s; tiles read their pixels from host memory",
                      ctx.device)
     check_finite(video)
     plan = plan_encode(graph.down, (h, w), T_lat, element_size(ctx.dtype), budget_bytes, sf, tf, o.tile, o.slice_len)
     log.debug("wan_accel encode plan: %s", plan)
-    note("vae.plan", stage="encode", devices=len(devices), staged_mb=round(staged / 2**20, 1) if staged_now else 0.0,
+    note("vae.plan", stage="encode", devices=len(devices), staged_mb=round(staged / 2**20, 1),
          **plan.facts((h, w), T_lat, sf))
 
     out = torch.empty((B, graph.latent_channels, T_lat, h, w), dtype=torch.float32)

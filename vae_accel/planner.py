@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .op_base import CostTally, Seq
 from .rect import Rect
+from .schedule import slice_count
 
 # Calibrated on an H100 (bench/vae_decode.py, bench/vae_encode.py; Wan 2.1 VAE, bf16,
 # 81x1216x832): measured peak over the raw sum was up to 0.76 for decode and ~1.2 for encode.
@@ -39,17 +40,16 @@ class Plan:
     def describe(self, latent_size: tuple[int, int], frames: int, space_factor: int) -> str:
         """One line for people: tiles and slices in image pixels and latent frames, and the budget."""
         n = len(self.tiles(latent_size))
-        slices = 1 + -(-(frames - 1) // self.slice_len) if frames > 1 else 1
+        slices = slice_count(frames, self.slice_len)
         budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes / 2**30:.2f} GiB"
         return (f"{n} tile{'s' * (n != 1)} of at most {self.tile_h * space_factor}x{self.tile_w * space_factor} px, "
                 f"{slices} slice{'s' * (slices != 1)} of the {frames} latent frames (1, then up to {self.slice_len} "
                 f"each), estimated {self.est_bytes / 2**30:.2f} GiB; {budget} ({self.reason})")
 
-
     def facts(self, latent_size: tuple[int, int], frames: int, space_factor: int) -> dict:
         """The plan as figures for a record (telemetry's ``vae.plan`` note): what ran, not what was asked."""
         n = len(self.tiles(latent_size))
-        slices = 1 + -(-(frames - 1) // self.slice_len) if frames > 1 else 1
+        slices = slice_count(frames, self.slice_len)
         mib = lambda b: None if b is None else round(b / 2**20, 1)  # noqa: E731 - one-line unit change
         return {"tiles": n, "tile_px": f"{self.tile_h * space_factor}x{self.tile_w * space_factor}", "slices": slices,
                 "slice_frames": self.slice_len, "steps": n * slices, "estimated_mb": mib(self.est_bytes),

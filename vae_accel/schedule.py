@@ -116,7 +116,11 @@ def _shrink(work: deque, t: _Tile, frames: int, exc: BaseException, stage: str) 
     note("vae.oom_retry", stage=stage, split=str(r))
 
 
+def slice_count(total: int, k: int) -> int:
+    """Temporal slices of one pass over ``total`` latent frames: the first frame alone, then ``k`` at a time."""
+    return 1 + -(-(total - 1) // k) if total > 1 else 1
+
+
 def steps_for(n_tiles: int, total: int, k: int) -> int:
     """Progress steps of one whole-frame pass plus ``n_tiles`` tile passes."""
-    per_pass = 1 + -(-(total - 1) // k) if total > 1 else 1
-    return per_pass * (1 + n_tiles)
+    return slice_count(total, k) * (1 + n_tiles)
