@@ -217,28 +217,6 @@ def run_ops(opts, card, vae, z, video, ref, dev, cuda) -> dict:
     return row
 
 
-class PhaseTotals:
-    """Seconds per engine / bridge phase of one op (the telemetry's phase events, summed by name)."""
-
-    def __init__(self):
-        self.seconds: dict = {}
-
-    def __call__(self, event: dict) -> None:
-        if event.get("kind") == "phase":
-            self.seconds[event["name"]] = self.seconds.get(event["name"], 0.0) + event["seconds"]
-
-    def __enter__(self):
-        from wan_accel.telemetry import phases
-
-        phases.add_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        from wan_accel.telemetry import phases
-
-        phases.remove_listener(self)
-
-
 def profiled(fn, path: Path):
     """``fn`` under torch.profiler; its top ops by self CPU time and by device time go to ``path``."""
     import torch
@@ -268,9 +246,11 @@ def timed_op(fn, cuda: bool, card, profile_path: Path | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     sampler = cards.DeviceMemorySampler(torch) if cuda else None
     t0 = time.perf_counter()
-    totals = PhaseTotals()
+    from wan_accel.telemetry.recorder import Recorder
+
+    recorder = Recorder()  # the telemetry's own session: the op's phases and the engine's plans
     try:
-        with totals:
+        with recorder.session("bench.vae"):
             if sampler:
                 with sampler:
                     out = fn()
@@ -280,8 +260,14 @@ def timed_op(fn, cuda: bool, card, profile_path: Path | None = None) -> dict:
     except Exception as exc:  # an out-of-memory stock path is a result, not a crash
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "s": None}
     r = {"s": round(time.perf_counter() - t0, 3), "out": out}
-    if totals.seconds:
-        r["phases_s"] = {k: round(v, 3) for k, v in totals.seconds.items()}
+    node = recorder.last_run["nodes"][0]
+    phases: dict = {}
+    for p in node.get("phases", []):
+        phases[p["name"]] = round(phases.get(p["name"], 0.0) + p["seconds"], 3)
+    if phases:
+        r["phases_s"] = phases
+    if node.get("vae_plan"):
+        r["vae_plan"] = node["vae_plan"]
     if profile_path is not None:
         r["profiled"] = True  # its seconds include the profiler's cost
     if cuda:
