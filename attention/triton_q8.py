@@ -60,7 +60,7 @@ LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # batch * heads is the grid's second axis
 SCRATCH_ENV = "WAN_ACCEL_TRITON_Q8_SCRATCH_MB"
 DEFAULT_SCRATCH_MB = 512  # 8-bit K and V of ~24 heads at Wan 14B's 82,992 tokens
-KERNEL_VERSION = "q8v2"  # part of the tuning cache key: bump when the kernels change
+KERNEL_VERSION = "q8v3"  # part of the tuning cache key: bump when the kernels change
 
 TUNER = Tuner()
 
@@ -174,7 +174,9 @@ class QuantKV:
     padded_len: int
 
 
-def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool) -> QuantKV:
+def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool, k_block: bool = False) -> QuantKV:
+    """K (and for FP8 P·V, V) in 8 bits; ``k_block``: one K scale per ``MAX_BLOCK_N`` keys, written for
+    each of them (a block of the attention kernel then reads one)."""
     b, h, lk, d = k.shape
     lkp = -(-lk // MAX_BLOCK_N) * MAX_BLOCK_N
     step = max(1, lk // MEAN_SAMPLES)
@@ -196,11 +198,13 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, qk_fp8: bool, pv_fp8: bool) ->
     else:
         v_mean = v_inv = v_scale = k_mean  # not read
         v_out = v
-    _kernels().quant_kv_kernel[(lkp // QUANT_BLOCK, b * h)](
+    block = MAX_BLOCK_N if k_block else QUANT_BLOCK
+    _kernels().quant_kv_kernel[(lkp // block, b * h)](
         k, v, k_mean, v_mean, v_inv, k8, k_scale, v_out,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         h, lk, lkp,
-        HEAD_DIM=d, BLOCK=QUANT_BLOCK, QK_FP8=qk_fp8, PV_FP8=pv_fp8, INTERPRETED=interpreted())
+        HEAD_DIM=d, BLOCK=block, QK_FP8=qk_fp8, PV_FP8=pv_fp8, INTERPRETED=interpreted(), K_BLOCK_SCALE=k_block,
+        num_warps=8 if k_block else 4)
     return QuantKV(k8, k_scale, v_out, v_scale, v_mean, lk, lkp)
 
 
@@ -231,7 +235,8 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         h, lq, kv.lk, kv.padded_len, LOG2E / math.sqrt(d),
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, QK_FP8=qk_fp8, PV_FP8=pv_fp8,
         USE_TMA=cfg.use_tma, WARP_SPECIALIZE=cfg.warp_specialize, INTERPRETED=interpreted(),
-        PV_IMPRECISE=pv_imprecise, I2F_ADD=cfg.i2f_add and not qk_fp8, num_warps=cfg.num_warps,
+        PV_IMPRECISE=pv_imprecise, I2F_ADD=cfg.i2f_add and not qk_fp8, K_BLOCK=cfg.k_block,
+        PV_ACC=cfg.pv_acc and pv_fp8, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
 
 
@@ -269,15 +274,16 @@ def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.T
     """The launch config (with its P·V kind) for this call's shape class: the tuner's pick among the
     candidates whose output on these heads passes the dispatcher's accuracy check."""
     qk_fp8 = qk == "fp8"
-    quantised: dict[str, QuantKV] = {}
+    quantised: dict[tuple[str, bool], QuantKV] = {}
     reference = None
 
     def run_one(cfg: Config):
         pv_fp8 = cfg.pv == "fp8"
-        if cfg.pv not in quantised:
+        kind = (cfg.pv, cfg.k_block)
+        if kind not in quantised:
             quantised.clear()  # candidates come grouped by kind: one kind's scratch at a time
-            quantised[cfg.pv] = quantize_kv(k, v, qk_fp8, pv_fp8)
-        return launch_attention(q, quantised[cfg.pv], out, cfg, qk_fp8, pv_fp8, capability)
+            quantised[kind] = quantize_kv(k, v, qk_fp8, pv_fp8, cfg.k_block)
+        return launch_attention(q, quantised[kind], out, cfg, qk_fp8, pv_fp8, capability)
 
     def check(cfg: Config) -> str | None:
         nonlocal reference
@@ -320,7 +326,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, qk: str | No
     pv_fp8 = config.pv == "fp8"
     for h0 in range(0, h, step):
         heads = slice(h0, min(h, h0 + step))
-        kv = quantize_kv(k[:, heads], v[:, heads], qk_fp8, pv_fp8)
+        kv = quantize_kv(k[:, heads], v[:, heads], qk_fp8, pv_fp8, config.k_block)
         launch_attention(q[:, heads], kv, out[:, heads], config, qk_fp8, pv_fp8, capability)
         del kv  # the next chunk reuses the memory (same stream)
     return out

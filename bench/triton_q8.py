@@ -53,7 +53,8 @@ def grid(capability, small: bool) -> list[tuple[str, str, "Config"]]:
 
     if small:
         return [("int8", "fp8", Config(64, 64, 4, 2)), ("int8", "16bit", Config(64, 64, 4, 2, use_tma=True)),
-                ("fp8", "fp8", Config(64, 64, 4, 2)), ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True))]
+                ("fp8", "fp8", Config(64, 64, 4, 2)), ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True)),
+                ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True, k_block=True, pv_acc=True))]
     pvs = ["fp8", "16bit"] if capability >= (8, 9) else ["16bit"]
     if capability >= (9, 0):
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3),
@@ -67,6 +68,20 @@ def grid(capability, small: bool) -> list[tuple[str, str, "Config"]]:
     shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (128, 128, 8, 2)]
     return ([("int8", pv, Config(*s)) for pv in pvs for s in shapes]
             + [("int8", pv, Config(128, 64, 4, 3, i2f_add=True)) for pv in pvs])
+
+
+def parse_configs(text: str) -> list[tuple[str, str, "Config"]]:
+    """``--configs``: 'int8/fp8:64,128,4,2,tma;int8/fp8:64,128,4,2,tma,kb' -> grid entries."""
+    from wan_accel.attention.triton_q8_tune import Config
+
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(";"))):
+        kinds, _, spec = item.partition(":")
+        qk, _, pv = kinds.partition("/")
+        if qk not in ("int8", "fp8") or pv not in ("fp8", "16bit") or not spec:
+            raise SystemExit(f"--configs item {item!r}: expected QK/PV:CONFIG, e.g. int8/fp8:64,128,4,2,tma")
+        out.append((qk, pv, Config.parse(spec)))
+    return out
 
 
 def extra_peak_gib(fn, device: torch.device) -> float | None:
@@ -149,7 +164,7 @@ class ShapeBench:
         from wan_accel.attention import triton_q8
 
         heads = slice(0, 1)
-        kv = triton_q8.quantize_kv(self.k[:, heads], self.v[:, heads], qk == "fp8", pv == "fp8")
+        kv = triton_q8.quantize_kv(self.k[:, heads], self.v[:, heads], qk == "fp8", pv == "fp8", cfg.k_block)
         out = torch.empty_like(self.q[:, heads])
         cap = torch.cuda.get_device_capability() if self.device.type == "cuda" else None
         kernel = triton_q8.launch_attention(self.q[:, heads], kv, out, cfg, qk == "fp8", pv == "fp8", cap)
@@ -223,6 +238,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--deadline-s", type=float, default=270.0, help="stop timing grid configs after this many seconds")
     ap.add_argument("--small", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny shapes (checks the script)")
+    ap.add_argument("--configs", default=None,
+                    help="time these instead of the grid: ';'-separated QK/PV:CONFIG, CONFIG as "
+                         "WAN_ACCEL_TRITON_Q8_CONFIG spells it, e.g. 'int8/fp8:64,128,4,2,tma,kb'")
+    ap.add_argument("--no-runtime", action="store_true", help="skip the run-time tuner's pass per shape")
     a = ap.parse_args()
     t_start = time.perf_counter()
     deadline = t_start + a.deadline_s
@@ -237,7 +256,7 @@ def main() -> None:
     heads, d = (2, 64) if a.small else (HEADS, HEAD_DIM)
     reps = a.reps or (1 if a.small else 3)
     capability = torch.cuda.get_device_capability() if device.type == "cuda" else None
-    configs = grid(capability, a.small)
+    configs = parse_configs(a.configs) if a.configs else grid(capability, a.small)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (TRITON_INTERPRET=1)",
               "capability": capability, "torch": torch.__version__, "triton": triton.__version__,
               "default_kinds": triton_q8.kinds(capability), "pv_choices": triton_q8.pv_choices(capability),
@@ -258,7 +277,8 @@ def main() -> None:
                 sb.q8(qk, pv, cfg, with_resources=i == 0)
             res["best"] = best(res["configs"])
             res["runtime_configs_only"] = "the run-time tuner times only triton_q8_tune.candidates(); this grid is wider"
-            sb.runtime()
+            if not a.no_runtime:
+                sb.runtime()
             if i == 0 and res["best"]:
                 top = res["best"]
                 cfg = next(c for qk, pv, c in configs if c.label() == top["config"] and pv == top["pv"] and qk == top["qk"])

@@ -108,6 +108,36 @@ def test_matches_float64_on_comfy_layout(q8, kinds, b, heads, lq, lk, d, dtype, 
     assert_close(out, reference(q, k, v), kinds)
 
 
+@pytest.mark.parametrize("kinds", KINDS, ids=lambda k: "/".join(k))
+@pytest.mark.parametrize("cfg", [
+    Config(64, 64, 4, 2, k_block=True),
+    Config(64, 128, 4, 2, use_tma=True, k_block=True, i2f_add=True),
+    Config(64, 64, 4, 2, pv_acc=True),
+    Config(32, 64, 4, 2, k_block=True, i2f_add=True, pv_acc=True),
+], ids=["kb", "kb-i2fadd-tma", "pvacc", "kb-i2fadd-pvacc"])
+@pytest.mark.parametrize("lq,lk", [(37, 37), (100, 300)])
+def test_block_key_scales_and_accumulation_variants(q8, kinds, cfg, lq, lk):
+    """One K scale per 128 keys (with the scores kept biased by 1.5 * 2^23 and unbiased inside the exponent's
+    FMA) and P·V summed in the MMA keep the kinds' accuracy, with partial and several key blocks."""
+    q, k, v = comfy_qkv(1, 2, lq, lk, 64, torch.bfloat16, seed=21)
+    out = q8.attention(q, k, v, qk=kinds[0], pv=kinds[1], config=cfg)
+    assert_close(out, reference(q, k, v), kinds)
+
+
+def test_block_key_scales_are_one_per_128_keys(q8):
+    """``k_block`` writes the block's largest magnitude as every key's scale; per-key scales differ."""
+    g = torch.Generator().manual_seed(22)
+    k = torch.randn(1, 2, 300, 64, generator=g) * torch.linspace(0.1, 3, 300)[:, None]
+    v = torch.randn(1, 2, 300, 64, generator=g)
+    per_key = q8.quantize_kv(k, v, False, True).k_scale
+    block = q8.quantize_kv(k, v, False, True, k_block=True).k_scale
+    assert block.shape == per_key.shape == (1, 2, 384)
+    for start in (0, 128, 256):
+        valid = slice(start, min(start + 128, 300))
+        assert torch.all(block[..., valid] == per_key[..., valid].amax(dim=-1, keepdim=True))
+    assert not torch.all(per_key[..., :128] == per_key[..., :1])
+
+
 @pytest.mark.parametrize("lq,lk", [(1, 1), (33, 260), (64, 128)])
 def test_contiguous_bhld_and_lengths(q8, lq, lk):
     """skip_reshape layout (contiguous (B, H, L, D)); one token; lengths that are and are not block multiples."""
