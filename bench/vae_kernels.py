@@ -165,6 +165,8 @@ def configurations(kind, model, native, x_engine):
     batch = x_engine if kind == "decode" else x_engine[None]
     configs["ours_plain"] = lambda: run(model, batch, layout="comfy", kernels=False, progress=False)
     configs["ours_kernels"] = lambda: run(model, batch, layout="comfy", progress=False)  # the default path
+    # cuDNN's algorithm search on top (its first call in this process pays the search per conv shape)
+    configs["ours_autotune"] = lambda: run(model, batch, layout="comfy", progress=False, conv_autotune=True)
     return configs
 
 
@@ -238,7 +240,7 @@ def ratios(row):
     native = row.get("native")
     if not native:
         return
-    for c in ("ours_plain", "ours_kernels"):
+    for c in ("ours_plain", "ours_kernels", "ours_autotune"):
         mine = row.get(c, {})
         for when in ("first_call", "warm"):
             if native.get(when) and mine.get(when) and "s" in native[when] and "s" in mine[when]:
@@ -271,7 +273,8 @@ def fresh_processes(a, comfy):
     runs, cache = {}, tempfile.mkdtemp(prefix="triton_cold_")
     plan = ([("native", "native", None)] if comfy else []) + [
         ("ours_plain", "ours_plain", None), ("ours_kernels_empty_triton_cache", "ours_kernels", cache),
-        ("ours_kernels_warm_triton_cache", "ours_kernels", cache)]
+        ("ours_kernels_warm_triton_cache", "ours_kernels", cache),
+        ("ours_autotune_warm_triton_cache", "ours_autotune", cache)]
     for label, config, triton_cache in plan:
         cmd = [sys.executable, os.path.abspath(__file__), f"--first-call=decode21:{config}", f"--comfy={a.comfy}"]
         cmd += ["--cpu-check"] if a.cpu_check else []

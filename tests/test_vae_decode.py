@@ -237,3 +237,39 @@ def test_options_object_and_keywords_are_the_same_call():
     assert torch.equal(by_keywords, by_object) and torch.equal(by_keywords, overridden)
     with pytest.raises(TypeError, match="unknown engine option\\(s\\) tiles"):
         decode(model, z, tiles=3)
+
+
+@pytest.mark.parametrize("run", ["decode", "encode"])
+def test_conv_autotune_holds_only_inside_the_call(run):
+    """``conv_autotune`` turns cuDNN's benchmark mode on for every step of the call and gives the caller's
+    setting back after it, also when the call fails; off by default."""
+    from wan_accel.vae_accel import encode
+
+    model = wan21()
+    seen = []
+
+    def fault(stage, info):
+        seen.append(torch.backends.cudnn.benchmark)
+
+    def call(**kw):
+        if run == "decode":
+            return decode(model, _latent((1, 16, 2, 4, 5)), progress=False, tile=2, fault=fault, **kw)
+        return encode(model, torch.rand(1, 3, 5, 32, 40) * 2 - 1, progress=False, tile=2, fault=fault, **kw)
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        call()
+        assert seen and not any(seen)
+        seen.clear()
+        call(conv_autotune=True)
+        assert seen and all(seen) and torch.backends.cudnn.benchmark is False
+
+        def failing(stage, info):
+            raise ValueError("stop")
+
+        with pytest.raises(ValueError):
+            decode(model, _latent((1, 16, 2, 4, 5)), progress=False, fault=failing, conv_autotune=True)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

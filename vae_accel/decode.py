@@ -24,7 +24,7 @@ from .planner import Plan, plan_decode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import element_size, release_memory
+from .runtime import conv_autotune, element_size, release_memory
 from .schedule import frame_loop, slice_count, steps_for, tile_loop
 from .sink import HostSink
 from .validate import check_latent
@@ -68,7 +68,7 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     split = stem_split.split_parts(graph.stem) if o.split_stem and len(devices) > 1 else None
     weighted = Seq([graph.stem, graph.up]) if split is not None else graph.up  # what other devices need weights of
     workers = multi_device.make_workers(devices, o, ctx, find_module(vae), weighted, sink)  # none: one device
-    with torch.inference_mode():
+    with torch.inference_mode(), conv_autotune(o.conv_autotune):
         for b in range(B):
             with phase("vae.stem", frames=T, split=split is not None and bool(workers)):
                 stem_out = _stem(graph, latent[b : b + 1], plan, ctx, bar, o.fault, workers, split)

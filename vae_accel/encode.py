@@ -20,7 +20,7 @@ from .planner import plan_encode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
-from .runtime import element_size, is_oom, release_memory
+from .runtime import conv_autotune, element_size, is_oom, release_memory
 from .schedule import frame_loop, steps_for, tile_loop
 from .validate import BadVideo, check_video
 
@@ -86,7 +86,7 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     bar = make_progress(o.progress, total=B * steps_for(len(tiles), T_lat, plan.slice_len))
     # one whole-frame tile (the usual plan) has nothing to share: the main device runs it
     workers = multi_device.make_workers(devices, o, ctx, find_module(vae), graph.down) if len(tiles) > 1 else []
-    with torch.inference_mode():
+    with torch.inference_mode(), conv_autotune(o.conv_autotune):
         for b in range(B):
             with phase("vae.encode_tiles", tiles=len(tiles)):
                 if workers:

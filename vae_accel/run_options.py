@@ -35,7 +35,9 @@ class RunOptions:
     (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
     sequence such as ``("cuda:0", "cuda:1")``. The encode's middle block stays on ``device``; so does the
     decode's stem unless ``split_stem`` (stem_split: each device computes a band of its rows; off until it
-    is measured on several GPUs)."""
+    is measured on several GPUs). ``conv_autotune``: cuDNN's algorithm search (benchmark mode) for this
+    call's convolutions, restored after it: faster convolutions once a shape is searched, seconds of
+    search on each new shape of a process (off until measured)."""
 
     budget_bytes: int | None = None
     tile: int | None = None
@@ -50,6 +52,7 @@ class RunOptions:
     kernels: bool | None = None
     devices: tuple | str | None = None
     split_stem: bool = False
+    conv_autotune: bool = False
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **changes) -> "RunOptions":

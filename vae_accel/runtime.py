@@ -1,6 +1,7 @@
 """Device facts the engine needs: memory budget, OOM detection, the execution context."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import os
@@ -34,6 +35,21 @@ def default_budget(device: torch.device, free: int | None = None, kind: str = "d
 def is_oom(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, oom_type)
+
+
+@contextlib.contextmanager
+def conv_autotune(on: bool):
+    """cuDNN benchmark mode inside the block when ``on`` (its searched algorithms stay cached per shape
+    for the process), the caller's setting again after it."""
+    if not on:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def release_memory(device: torch.device) -> None:
