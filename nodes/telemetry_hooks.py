@@ -330,9 +330,10 @@ class ComfyHooks:
         return make
 
     def _timed_lora(self, recorder: Recorder):
-        """Host seconds in ``comfy.lora.calculate_weight``: once per patched weight at load, and on every
-        use of a weight ComfyUI patches on the fly (partial loads, Dynamic VRAM). It calls itself for
-        nested patches: only the outermost call is timed."""
+        """Seconds in ``comfy.lora.calculate_weight``: once per patched weight at load, and on every use of
+        a weight ComfyUI patches on the fly (partial loads, Dynamic VRAM). Host seconds always; GPU seconds
+        too when the weight is on a CUDA device (two events on its current stream around the call). It
+        calls itself for nested patches: only the outermost call is timed."""
         hooks = self
 
         def make(orig):
@@ -340,12 +341,18 @@ class ComfyHooks:
                 if recorder.run is None or hooks.in_lora:
                     return orig(*args, **kwargs)
                 hooks.in_lora = True
+                weight = args[1] if len(args) > 1 else kwargs.get("weight")
+                device = getattr(weight, "device", None)
+                on_gpu = getattr(device, "type", None) == "cuda"
+                begin = recorder.gpu_stamp(device) if on_gpu else None
                 start = hooks.clock()
                 try:
                     return orig(*args, **kwargs)
                 finally:
                     hooks.in_lora = False
-                    recorder.lora_patch(hooks.clock() - start, during_load=hooks.loading > 0)
+                    seconds = hooks.clock() - start
+                    events = (begin, recorder.gpu_stamp(device)) if begin is not None else None
+                    recorder.lora_patch(seconds, during_load=hooks.loading > 0, gpu_events=events)
 
             return calculate_weight
 

@@ -53,7 +53,11 @@ def node_advice(rec: dict, wall: float) -> list[dict]:
                     "VRAM, paid again whenever another model pushes it out: keep VRAM free for it, or use a smaller "
                     "quantisation (less to move)")
         out.append({"kind": "model_swap" if rec.get("model_swap") else "model_load", "seconds": moves, "text": text})
-    on_the_fly = rec.get("lora_patch_steps_s")
+    # GPU seconds where they were measured: on a GPU the host's seconds in the patch are no measure of
+    # its cost (a full launch queue makes the call wait for the steps' own kernels)
+    gpu = rec.get("lora_patch_gpu_s") is not None
+    on_the_fly = rec.get("lora_patch_steps_gpu_s" if gpu else "lora_patch_steps_s")
+    unit = " of GPU time" if gpu else ""
     if significant(on_the_fly):
         if rec.get("dynamic_load"):
             why, fix = "the model uses Dynamic VRAM", ("merge the LoRA into the model file, or start ComfyUI with "
@@ -61,10 +65,11 @@ def node_advice(rec: dict, wall: float) -> list[dict]:
         else:
             why, fix = "the model is partially loaded", "merge the LoRA into the model file, or free VRAM so it loads fully"
         out.append({"kind": "lora_steps", "seconds": on_the_fly, "text": (
-            f"LoRA on the fly: {seconds_text(on_the_fly)} patching LoRA weights during the steps because {why}; {fix}")})
-    at_load = (rec.get("lora_patch_s") or 0) - (on_the_fly or 0)
+            f"LoRA on the fly: {seconds_text(on_the_fly)}{unit} patching LoRA weights during the steps because "
+            f"{why}; {fix}")})
+    at_load = (rec.get("lora_patch_gpu_s" if gpu else "lora_patch_s") or 0) - (on_the_fly or 0)
     if significant(at_load):
         out.append({"kind": "lora_load", "seconds": round(at_load, 4), "text": (
-            f"LoRA patching: {seconds_text(at_load)} applying LoRA weights while loading the model, again on every "
-            "reload: avoid model swaps, or merge the LoRA into the model file")})
+            f"LoRA patching: {seconds_text(at_load)}{unit} applying LoRA weights while loading the model, again on "
+            "every reload: avoid model swaps, or merge the LoRA into the model file")})
     return out

@@ -12,7 +12,8 @@ ModelInfo = dict  # {"name": str, "size": int bytes, "loaded": int bytes, "dynam
 
 class ModelActivity:
     __slots__ = ("before", "after", "loads", "load_s", "load_end", "unload_s", "unload_outside_s",
-                 "lora_s", "lora_load_s", "lora_calls", "resident", "last_sample")
+                 "lora_s", "lora_load_s", "lora_calls", "lora_pending", "lora_gpu_s", "lora_load_gpu_s",
+                 "lora_gpu_calls", "resident", "last_sample")
 
     def __init__(self):
         self.before: dict | None = None  # loaded-model snapshots: key -> ModelInfo
@@ -25,6 +26,12 @@ class ModelActivity:
         self.lora_s = 0.0  # host seconds computing LoRA-patched weights
         self.lora_load_s = 0.0  # the part of lora_s inside model loads (the rest: on the fly, during steps)
         self.lora_calls = 0
+        # GPU seconds of the same patches (CUDA events around each): the host's seconds mislead on a GPU,
+        # both ways: the kernels run after the call returns, or the call waits for a full launch queue
+        self.lora_pending: list = []  # (event pair, during a load) the GPU has not passed yet
+        self.lora_gpu_s = 0.0
+        self.lora_load_gpu_s = 0.0
+        self.lora_gpu_calls = 0
         self.resident: dict = {}  # key -> {"name", "id", "size", "dynamic", "first", "last", "peak"} bytes
         self.last_sample = None  # clock of the last residency sample
 
@@ -61,8 +68,16 @@ class ModelActivity:
         if not during_load:
             self.unload_outside_s += seconds
 
-    def lora(self, seconds: float, during_load: bool) -> None:
+    def lora(self, seconds: float, during_load: bool, gpu_events=None) -> None:
         self.lora_s += seconds
         self.lora_calls += 1
         if during_load:
             self.lora_load_s += seconds
+        if gpu_events is not None:
+            self.lora_pending.append((gpu_events, during_load))
+
+    def lora_gpu(self, seconds: float, during_load: bool) -> None:
+        self.lora_gpu_s += seconds
+        self.lora_gpu_calls += 1
+        if during_load:
+            self.lora_load_gpu_s += seconds

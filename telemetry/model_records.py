@@ -115,6 +115,9 @@ def render(activity: ModelActivity, rec: dict) -> None:
         rec["lora_patch_s"] = round(activity.lora_s, 4)
         rec["lora_patch_steps_s"] = round(activity.lora_s - activity.lora_load_s, 4)
         rec["lora_patches"] = activity.lora_calls
+    if activity.lora_gpu_calls:
+        rec["lora_patch_gpu_s"] = round(activity.lora_gpu_s, 4)
+        rec["lora_patch_steps_gpu_s"] = round(activity.lora_gpu_s - activity.lora_load_gpu_s, 4)
 
 
 def name_models_apart(records: list[dict]) -> None:

@@ -62,6 +62,10 @@ class NullProbe:
     def end(self, token: Any) -> dict:
         return {}
 
+    def stamp(self, device: Any = None) -> Any:
+        """A point in the GPU's stream to time a span between (None: no GPU time here)."""
+        return None
+
     def resolve(self, pending: Any, block: bool = False) -> float | None:
         return None
 
@@ -113,6 +117,13 @@ class CudaProbe(NullProbe):
         )
         return out
 
+    def stamp(self, device: Any = None) -> Any:
+        """A CUDA event recorded now on ``device``'s current stream (the stream the caller queues work on,
+        also inside a ``torch.cuda.stream`` block such as ComfyUI's offload stream)."""
+        event = self.cuda.Event(enable_timing=True)
+        event.record(self.cuda.current_stream(self.device_index if device is None else device))
+        return event
+
     def resolve(self, pending: Any, block: bool = False) -> float | None:
         """Seconds between the two events, or None while the GPU has not reached the second."""
         if pending is None:
@@ -129,24 +140,37 @@ def resolve_gpu_times(probe: NullProbe, waiting: list, block: bool,
                       report: Callable[[str, BaseException], None]) -> list:
     """Add the GPU seconds of every finished event pair to its node; the nodes still waiting come back.
 
-    ``waiting``: nodes with ``gpu_pending`` event pairs and a ``gpu_s`` sum. ``block`` waits for the
-    rest (only ever after the prompt).
+    ``waiting``: nodes with ``gpu_pending`` event pairs and a ``gpu_s`` sum, and their model activity's
+    ``lora_pending`` (event pair, during a load) of LoRA patches. ``block`` waits for the rest (only ever
+    after the prompt).
     """
+    def seconds(pending):
+        try:
+            return probe.resolve(pending, block=block)
+        except Exception as exc:
+            report("reading CUDA events", exc)
+            return 0.0
+
     left_over = []
     for node in waiting:
         left = []
         for pending in node.gpu_pending:
-            try:
-                secs = probe.resolve(pending, block=block)
-            except Exception as exc:
-                report("reading CUDA events", exc)
-                secs = 0.0
+            secs = seconds(pending)
             if secs is None:
                 left.append(pending)
             else:
                 node.gpu_s += secs
         node.gpu_pending = left
-        if left:
+        activity = node.models
+        lora_left = []
+        for pending, during_load in activity.lora_pending:
+            secs = seconds(pending)
+            if secs is None:
+                lora_left.append((pending, during_load))
+            else:
+                activity.lora_gpu(secs, during_load)
+        activity.lora_pending = lora_left
+        if left or lora_left:
             left_over.append(node)
     return left_over
 

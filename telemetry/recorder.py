@@ -156,9 +156,8 @@ class Recorder:
                 out = self.probe.end(node.probe_token)
                 pending = out.pop("gpu_events", None)
                 if pending is not None:
-                    if not node.gpu_pending:
-                        self._gpu_waiting.append(node)
                     node.gpu_pending.append(pending)
+                    self._await_gpu(node)
                 for key in ("vram_peak_allocated", "vram_peak_reserved"):
                     if key in out:
                         node.mem[key] = max(node.mem.get(key, 0), out[key])
@@ -247,13 +246,28 @@ class Recorder:
         except Exception as exc:
             self.report_failure("model_unload", exc)
 
-    def lora_patch(self, seconds: float, during_load: bool) -> None:
-        """One LoRA-patched weight computed (at load, or on the fly during the steps) in the running node."""
+    def gpu_stamp(self, device=None):
+        """A GPU timestamp for :meth:`lora_patch` (None without a GPU or outside a run)."""
+        if self.run is None or self._active is None:
+            return None
+        try:
+            return self.probe.stamp(device)
+        except Exception as exc:
+            self.report_failure("recording a CUDA event", exc)
+            return None
+
+    def lora_patch(self, seconds: float, during_load: bool, gpu_events=None) -> None:
+        """One LoRA-patched weight computed (at load, or on the fly during the steps) in the running node;
+        ``gpu_events``: two :meth:`gpu_stamp` around it, read once the GPU has passed them."""
         node = self._active
         if self.run is None or node is None:
             return
         try:
-            node.models.lora(seconds, during_load)
+            if gpu_events is not None and None in gpu_events:
+                gpu_events = None
+            node.models.lora(seconds, during_load, gpu_events)
+            if gpu_events is not None:
+                self._await_gpu(node)
         except Exception as exc:
             self.report_failure("lora_patch", exc)
 
@@ -326,6 +340,11 @@ class Recorder:
         if node.models.before is not None:
             node.models.after = self._loaded_models()
             node.models.observe(node.models.after)
+
+    def _await_gpu(self, node: NodeState) -> None:
+        """List ``node`` among those with CUDA events to read (once)."""
+        if not any(n is node for n in self._gpu_waiting):
+            self._gpu_waiting.append(node)
 
     def _resolve_gpu(self, block: bool) -> None:
         """Read finished CUDA event pairs of this run's nodes (never waits: ``block`` is for after the prompt)."""

@@ -196,6 +196,8 @@ def totals(records: list[dict], wall: float) -> dict:
         "model_swaps": sum(1 for r in executed if r.get("model_swap")),
         "lora_patch_s": round(sum(r.get("lora_patch_s") or 0 for r in executed), 4),
         "lora_patch_steps_s": round(sum(r.get("lora_patch_steps_s") or 0 for r in executed), 4),
+        "lora_patch_gpu_s": _sum_known(executed, "lora_patch_gpu_s"),
+        "lora_patch_steps_gpu_s": _sum_known(executed, "lora_patch_steps_gpu_s"),
         "dynamic_loads": sum(1 for r in executed if r.get("dynamic_load")),
         "partial_loads": sum(1 for r in executed if r.get("partial_load")),
         "offloaded_mb": round(sum(r.get("offloaded_mb") or 0 for r in executed), 1),
@@ -203,6 +205,12 @@ def totals(records: list[dict], wall: float) -> dict:
         "attention_fallbacks": sum(1 for r in executed for a in r.get("attention") or () if a["fallback"]),
         "errors": sum(1 for r in records if r.get("status") in ("error", "interrupted")),
     }
+
+
+def _sum_known(records: list[dict], key: str) -> float | None:
+    """Sum of ``key`` over the records that have it; None when none has (not measured, unlike 0)."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(sum(values), 4) if values else None
 
 
 def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, error: dict | None,

@@ -23,7 +23,8 @@ CSV_COLUMNS = [
     "run_id", "node_id", "display_node_id", "type", "status", "cached", "seconds", "share", "span_s",
     "gpu_s", "vram_peak_allocated_mb", "vram_peak_reserved_mb", "vram_allocated_mb", "vram_reserved_mb",
     "ram_rss_mb", "ram_delta_mb", "model_load_s", "model_unload_s", "model_moves_s", "models_loaded",
-    "models_unloaded", "partial_load", "offloaded_mb", "dynamic_load", "lora_patch_s", "lora_patch_steps_s", "steps",
+    "models_unloaded", "partial_load", "offloaded_mb", "dynamic_load", "lora_patch_s", "lora_patch_steps_s",
+    "lora_patch_gpu_s", "lora_patch_steps_gpu_s", "steps",
     "step_unit", "step_mean_s", "step_max_s", "oom_retries", "phases", "advice", "error",
 ]
 

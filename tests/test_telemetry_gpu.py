@@ -130,4 +130,6 @@ def test_dynamic_vram_load_is_reported_as_dynamic_with_its_residency(tmp_path):
     assert res["dynamic"] is True and res["peak_mb"] >= res["start_mb"]
     assert res["peak_mb"] > report["loaded_size_right_after_load_mb"]  # paged in by the steps, seen by the samples
     assert node["lora_patches"] >= 1 and node["lora_patch_steps_s"] > 0  # a dynamic model is patched as it runs
+    # the patches' own GPU time, from CUDA events around them: positive, and no more than the node's GPU time
+    assert 0 < node["lora_patch_steps_gpu_s"] <= node["lora_patch_gpu_s"] <= node["gpu_s"]
     assert not [a for a in node.get("advice", []) if a["kind"] == "partial_load"]

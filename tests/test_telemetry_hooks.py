@@ -533,3 +533,57 @@ def test_dynamic_model_that_never_fits_is_reported_as_streamed(fake_comfy):
     node = rec.last_run["nodes"][0]
     streamed = [a for a in node["advice"] if a["kind"] == "dynamic_streamed"]
     assert len(streamed) == 1 and streamed[0]["text"].startswith("Dynamic VRAM: at most 8.1 GB of WAN22's 16.0 GB")
+
+
+def test_lora_patches_on_the_gpu_are_judged_by_gpu_time(fake_comfy):
+    """On a GPU the host's seconds in calculate_weight are no measure of the patch (here each call waits 50 ms
+    for a full launch queue while its kernels take 2 ms): the record carries the GPU seconds from CUDA events
+    on the weight's stream, and the advice judges by them."""
+    from test_telemetry_recorder import FakeCuda
+
+    from wan_accel.telemetry.probes import CudaProbe
+
+    cuda = FakeCuda()
+    cost = {"host": 0.0, "gpu": 0.0}
+
+    def calculate_weight(patches, weight, key, intermediate_dtype=None, original_weights=None):
+        fake_comfy.clock.tick(cost["host"])
+        cuda.gpu_clock += cost["gpu"]
+        return weight
+
+    fake_comfy.lora.calculate_weight = calculate_weight
+    events = ts.LiveEvents()
+    rec = Recorder(probe=CudaProbe(cuda, 0, rss=lambda: 10 * MB), models=th.loaded_models_snapshot,
+                   on_event=events.send, clock=fake_comfy.clock)
+    hooks = th.ComfyHooks(clock=fake_comfy.clock)
+    assert hooks.install(rec, on_prompt=events.prompt_started)[0]
+    lora = fake_comfy.lora
+    on_gpu = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda", index=0))
+
+    def patched_on_the_fly(n, host_s, gpu_s, weight):
+        cost.update(host=host_s, gpu=gpu_s)
+        for i in range(n):
+            lora.calculate_weight([], weight, f"w{i}")
+
+    try:
+        rec.begin_run("pid-gpu-lora")
+        rec.node_start("17", "KSamplerAdvanced")
+        patched_on_the_fly(400, 0.06, 0.002, on_gpu)  # 400 patches: 20 s of host time, 0.8 s on the GPU
+        rec.node_finish("17")
+        rec.node_start("18", "KSamplerAdvanced")
+        patched_on_the_fly(400, 0.06, 0.2, on_gpu)  # the same host time, 80 s on the GPU: worth a line
+        patched_on_the_fly(5, 0.06, 0.2, None)  # a weight on the CPU: host time only, no events
+        rec.node_finish("18")
+        rec.end_run()
+        run = rec.last_run
+    finally:
+        hooks.uninstall()
+    cheap, costly = (next(r for r in run["nodes"] if r["node_id"] == n) for n in ("17", "18"))
+    assert cheap["lora_patch_steps_s"] == pytest.approx(400 * 0.06)
+    assert cheap["lora_patch_gpu_s"] == cheap["lora_patch_steps_gpu_s"] == pytest.approx(400 * 0.002)
+    assert costly["lora_patches"] == 405 and costly["lora_patch_gpu_s"] == pytest.approx(400 * 0.2)
+    assert [a["kind"] for a in cheap.get("advice", [])] == []  # 20 s of host time, but 0.8 s of GPU time
+    [steps] = [a for a in costly["advice"] if a["kind"] == "lora_steps"]
+    assert steps["seconds"] == pytest.approx(80.0) and steps["text"].startswith("LoRA on the fly: 80.0 s of GPU time")
+    assert run["totals"]["lora_patch_gpu_s"] == pytest.approx(80.8)
+    assert run["telemetry_failures"] == 0

@@ -75,6 +75,9 @@ def test_hover_card_explains_moves_lora_dynamic_vram_and_the_fixes():
     swap, dyn = run_js("out(data.recs.map(r => parts.tooltipText(r)));", recs=[SWAP, DYNAMIC])
     assert "models moved 4.30s (unloading 1.50s): swap, WAN22@aaaaaa out, WAN22@bbbbbb in" in swap
     assert "LoRA patching 2.40s, 1.60s of it on the fly during the steps (120 weights)" in swap
+    [gpu] = run_js("out([parts.tooltipText(data.r)]);", r={**SWAP, "lora_patch_s": 52.6, "lora_patch_steps_s": 52.6,
+                                                         "lora_patch_gpu_s": 3.1, "lora_patch_steps_gpu_s": 3.0})
+    assert "LoRA patching 3.10s of GPU time, 3.00s of it on the fly during the steps (120 weights; host 52.6s)" in gpu
     assert "→ partial load: 2.2 GB of WAN22@bbbbbb stayed in RAM" in swap and "→ model swap: 4.3 s" in swap
     assert "WAN22: Dynamic VRAM, up to 8.06G of 16.0G resident (0M at the start, 1.00G at the end); not a partial load" in dyn
     assert "offloaded" not in dyn
@@ -90,6 +93,11 @@ def test_summary_lists_the_findings_and_the_run_totals():
                                              "advice": [{"node_id": "58", "type": "KSamplerAdvanced", **SWAP["advice"][1]}]})
     assert "models moved 4.50s (1 swap)" in html and "LoRA 2.40s (1.60s during steps)" in html
     assert "1 Dynamic VRAM load" in html
+    gpu_html = run_js("""out(panel.summaryHtml({records: new Map(), run: data.run, done: true}, () => ''));""",
+                      run={"id": "20260101-000000-0123abcd", "wall_s": 80.0, "status": "success",
+                           "totals": {"lora_patch_s": 52.6, "lora_patch_steps_s": 52.6, "lora_patch_gpu_s": 3.1,
+                                      "lora_patch_steps_gpu_s": 3.1}})
+    assert "LoRA 3.10s GPU (3.10s during steps)" in gpu_html and "52.6" not in gpu_html
     assert "Time lost outside the VAE and attention" in html and "#58 KSamplerAdvanced</span> model swap: 4.3 s" in html
     assert "+WAN22 dyn 8.06G/16.0G" in html and "+WAN22@bbbbbb 13.8G/16.0G" in html
 

@@ -1,6 +1,6 @@
 // The summary panel's and the A/B view's HTML, from run records (pure: no DOM, no app).
 import { esc, fmtMB, fmtPct, fmtS } from "./format.js";
-import { attentionLines, attentionParts, modelLines, stepsName, TIPS } from "./parts.js";
+import { attentionLines, attentionParts, loraSeconds, modelLines, stepsName, TIPS } from "./parts.js";
 
 export const CSS = `
 #wan-accel-telemetry{position:fixed;right:12px;bottom:64px;width:min(900px,calc(100vw - 24px));max-height:62vh;overflow:auto;z-index:1100;
@@ -42,7 +42,8 @@ export function totalsHtml(run, recs) {
     [`peak VRAM ${fmtMB(t.vram_peak_allocated_mb)}`, TIPS.vram],
     [`models moved ${fmtS(t.model_moves_s ?? t.model_load_s ?? 0)}${t.model_swaps ? ` (${t.model_swaps} swap${t.model_swaps > 1 ? "s" : ""})` : ""}`, TIPS.moves],
   ];
-  if (t.lora_patch_s) bits.push([`LoRA ${fmtS(t.lora_patch_s)}${t.lora_patch_steps_s ? ` (${fmtS(t.lora_patch_steps_s)} during steps)` : ""}`, TIPS.lora]);
+  const lora = loraSeconds(t);
+  if (lora.total) bits.push([`LoRA ${fmtS(lora.total)}${lora.gpu ? " GPU" : ""}${lora.steps ? ` (${fmtS(lora.steps)} during steps)` : ""}`, TIPS.lora]);
   if (t.dynamic_loads) bits.push([`${t.dynamic_loads} Dynamic VRAM load${t.dynamic_loads > 1 ? "s" : ""}`, TIPS.models]);
   if (t.overhead_s != null) bits.push([`outside nodes ${fmtS(t.overhead_s)}`, "Wall time not spent inside any node: ComfyUI's own scheduling, caching, saving."]);
   let html = bits.map(([h, tip]) => `<span title="${esc(tip)}">${h}</span>`).join("");
@@ -92,7 +93,7 @@ export function summaryHtml(cur, runUrl) {
     const flags = [];
     if (r.partial_load) flags.push(`<span class="warn" title="${esc(TIPS.partial + "\n" + (r.partial_models ?? []).map((m) => `${m.name}: ${fmtMB(m.loaded_mb)} of ${fmtMB(m.size_mb)} on GPU`).join("\n"))}">! ${fmtMB(r.offloaded_mb ?? 0)} offloaded</span>`);
     if (r.oom_retries) flags.push(`<span class="warn" title="${esc(TIPS.oom)}">OOM×${r.oom_retries}</span>`);
-    if (r.lora_patch_s && (r.advice ?? []).some((a) => a.kind.startsWith("lora"))) flags.push(`<span class="warn" title="${esc(TIPS.lora)}">LoRA ${fmtS(r.lora_patch_s)}</span>`);
+    if (r.lora_patch_s && (r.advice ?? []).some((a) => a.kind.startsWith("lora"))) flags.push(`<span class="warn" title="${esc(TIPS.lora)}">LoRA ${fmtS(loraSeconds(r).total)}</span>`);
     if (r.status === "error" || r.status === "interrupted") flags.push(`<span class="err" title="${esc(r.error?.message ?? r.status)}">${esc(r.status)}</span>`);
     if (r.cached) flags.push(`<span class="muted" title="${esc(TIPS.cached)}">cached</span>`);
     for (const p of attentionParts(r.attention)) flags.push(`<span class="${p.kind === "warn" ? "warn" : "attn"}" title="${esc([TIPS.attention, ...attentionLines(r.attention)].join("\n"))}">${esc(p.text)}</span>`);

@@ -12,7 +12,7 @@ export const TIPS = {
   steps: "Progress steps of the node: count x mean seconds per step. Sampler steps for samplers; VAE steps (one per tile and frame slice) for VAE nodes; hover for every step.",
   models: "Models loaded (+) or unloaded (-) during the node, with the seconds spent moving them (load_models_gpu, free_memory). dyn: ComfyUI's Dynamic VRAM pages the weights in while the model runs; 'resident' is the most that was in VRAM during the node.",
   moves: "Seconds ComfyUI spent moving models into and out of VRAM during the node (loads, unloads, swaps).",
-  lora: "Seconds computing LoRA-patched weights (comfy.lora.calculate_weight, host time): once per weight at load, and on every step for weights patched on the fly (partial loads, Dynamic VRAM).",
+  lora: "Seconds computing LoRA-patched weights (comfy.lora.calculate_weight): once per weight at load, and on every step for weights patched on the fly (partial loads, Dynamic VRAM). GPU time (CUDA events on the weight's stream) where the weights are on the GPU; host time otherwise, which on a GPU reads far above or below the real cost.",
   advice: "Time lost outside the VAE and attention, with the fix you can apply.",
   attention: "Attention kernel that really ran, per model (on the sampler that ran the model and on the Wan Accel Attention node that asked for it). ! marks a fallback: the kernel asked for could not take those calls.",
   partial: "A model was loaded only partially: this much of it stayed offloaded in RAM and is streamed every step (slow).",
@@ -102,7 +102,7 @@ export function overlayParts(rec) {
   const found = new Set((rec.advice ?? []).map((a) => a.kind));
   if (found.has("model_swap")) warn.push(`swap ${fmtShortS(rec.model_moves_s)}`);
   else if (found.has("model_load")) warn.push(`load ${fmtShortS(rec.model_moves_s)}`);
-  if (found.has("lora_steps") || found.has("lora_load")) warn.push(`LoRA ${fmtShortS(rec.lora_patch_s)}`);
+  if (found.has("lora_steps") || found.has("lora_load")) warn.push(`LoRA ${fmtShortS(loraSeconds(rec).total)}`);
   const streamed = (rec.advice ?? []).find((a) => a.kind === "dynamic_streamed");
   if (streamed) warn.push(`${fmtMB(streamed.mb)} streamed`);
   if (warn.length) parts.push({ text: `! ${warn.join(" ")}`, kind: "warn" });
@@ -149,6 +149,13 @@ export function vaeLines(rec) {
 }
 
 // What happened to models during the node, one line each (hover card, panel tooltips).
+// LoRA seconds of a node or run totals: GPU time where it was measured (the host's time misleads on a GPU)
+export function loraSeconds(r) {
+  const gpu = r.lora_patch_gpu_s != null;
+  return gpu ? { gpu, total: r.lora_patch_gpu_s, steps: r.lora_patch_steps_gpu_s }
+    : { gpu, total: r.lora_patch_s, steps: r.lora_patch_steps_s };
+}
+
 export function modelLines(rec) {
   const lines = [];
   if (rec.model_moves_s) {
@@ -157,7 +164,8 @@ export function modelLines(rec) {
     if (rec.model_swap) t += `: swap, ${(rec.models_unloaded ?? []).map((m) => m.name).join(", ")} out, ${(rec.models_loaded ?? []).map((m) => m.name).join(", ")} in`;
     lines.push(t);
   }
-  if (rec.lora_patch_s) lines.push(`LoRA patching ${fmtS(rec.lora_patch_s)}${rec.lora_patch_steps_s ? `, ${fmtS(rec.lora_patch_steps_s)} of it on the fly during the steps` : " at load"} (${rec.lora_patches} weights)`);
+  const lora = loraSeconds(rec);
+  if (lora.total) lines.push(`LoRA patching ${fmtS(lora.total)}${lora.gpu ? " of GPU time" : ""}${lora.steps ? `, ${fmtS(lora.steps)} of it on the fly during the steps` : " at load"} (${rec.lora_patches} weights${lora.gpu ? `; host ${fmtS(rec.lora_patch_s)}` : ""})`);
   for (const m of rec.models_resident ?? []) {
     if (!m.dynamic) continue;
     lines.push(`${m.name}: Dynamic VRAM, up to ${fmtMB(m.peak_mb)} of ${fmtMB(m.size_mb)} resident (${fmtMB(m.start_mb)} at the start, ${fmtMB(m.end_mb)} at the end); not a partial load`);
