@@ -87,10 +87,11 @@ def candidates(capability: tuple[int, int] | None, head_dim: int, pv_kinds: tupl
     if capability is None:
         shapes = [Config(64, 64, 4, 2)]
     elif capability >= (9, 0):
-        # H200 grid (bench/results/triton_q8_h200.json): m64 n128 w4 s2 was fastest at every Wan shape
-        # (14B 225.8 ms against 247.2 for m128 n128 w8 s3 and cuDNN SDPA's 248.6)
-        shapes = [Config(64, 128, 4, 2, use_tma=True), Config(128, 128, 8, 3, use_tma=True),
-                  Config(64, 64, 4, 3, use_tma=True)]
+        # H200 (bench/results/triton_q8_variants_h200.json, 14B shape): one K scale per 128 keys with the
+        # biased int32 scores and 3 stages 189.95 ms; the same with per-key scales and 2 stages 225.8 ms;
+        # cuDNN SDPA 248.4 ms
+        shapes = [Config(64, 128, 4, 3, use_tma=True, i2f_add=True, k_block=True),
+                  Config(64, 128, 4, 2, use_tma=True, k_block=True), Config(64, 128, 4, 2, use_tma=True)]
     elif head_dim <= 64:
         shapes = [Config(128, 64, 4, 3), Config(64, 64, 4, 3)]
     else:
