@@ -4,8 +4,9 @@ Wan 2.1 VAE (dim 96) at 81 and 161 frames of 1216x832 and the Wan 2.2 VAE at 81 
 random weights of the real architecture, bf16. Per case and per side: seconds of the first call (the
 other GPUs' first touch: weights copied, kernels chosen) and a warm call, peak memory allocated per
 device, the plan's tiles; the multi-GPU frames' max abs difference from the one-GPU frames (0 when both
-run the same tiles: ``same_tiles``). ``--split-stem`` adds a third side: the tiles dealt as before and the
-stem split by rows over the GPUs too (RunOptions.split_stem), with its difference from one GPU. Writes JSON.
+run the same tiles: ``same_tiles``), the stem on the first GPU (``split_stem=False``). ``--split-stem`` adds a
+third side, the default since it was measured: the tiles dealt as before and the stem split by rows over
+the GPUs too (RunOptions.split_stem), with its difference from one GPU. Writes JSON.
 
     python bench/vae_multi_gpu.py --comfy /path/to/ComfyUI --out bench/results/vae_multi_gpu.json
     python bench/vae_multi_gpu.py --cpu-check --out /tmp/vae_multi_gpu_cpu.json   # tiny, two CPU workers
@@ -91,7 +92,7 @@ def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool,
         return decode(model, z, dtype=dtype, progress=False, **extra)
 
     def many():
-        return decode(model, z, dtype=dtype, progress=False, devices=devices, **extra)
+        return decode(model, z, dtype=dtype, progress=False, devices=devices, split_stem=False, **extra)
 
     ref, row["one_first"] = call(one, [main])
     _, row["one_warm"] = call(one, [main])

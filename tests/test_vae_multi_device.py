@@ -1,6 +1,7 @@
 """Decode and encode spread over several devices (vae_accel.multi_device), with CPU "devices" as worker
-threads: tiles are dealt to every worker, the output equals the one-device output bitwise, a failing
-worker hands its tile back, nothing outlives the call."""
+threads: tiles are dealt to every worker, the output equals the one-device output bitwise (with the stem on
+the main device, ``split_stem=False``; split by rows, the default, it is equal within float rounding), a
+failing worker hands its tile back, nothing outlives the call."""
 from __future__ import annotations
 
 import gc
@@ -97,7 +98,7 @@ def test_two_workers_share_the_tiles_and_equal_one_device_bitwise(monkeypatch):
     one = decode(model, z, tile=4, slice_len=2, progress=False)
     coverage = _Coverage(monkeypatch)
     workers = _Workers()
-    two = decode(model, z, tile=4, slice_len=2, progress=False, devices=TWO, fault=workers)
+    two = decode(model, z, tile=4, slice_len=2, progress=False, devices=TWO, fault=workers, split_stem=False)
     assert torch.equal(one, two)
     assert set(workers.steps) == {0, 1}  # both workers ran tiles
     tiles = {w: {r for _, r, _ in steps} for w, steps in workers.steps.items()}
@@ -111,7 +112,7 @@ def test_wan22_and_comfy_layout_over_two_workers():
     model = wan22()
     z = _latent((2, 48, 3, 5, 7), seed=2)
     one = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False)
-    two = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False, devices=TWO, fault=_Workers())
+    two = decode(model, z, layout="comfy", tile=2, slice_len=1, progress=False, devices=TWO, fault=_Workers(), split_stem=False)
     assert torch.equal(one, two)
 
 
@@ -127,7 +128,7 @@ def test_failing_worker_hands_its_tile_back_whole(monkeypatch, caplog, fail):
     coverage = _Coverage(monkeypatch)
     workers = _Workers(who=1, at=2, fail=fail)
     with caplog.at_level(logging.INFO, logger="wan_accel"):
-        two = decode(model, z, tile=5, slice_len=2, progress=False, devices=TWO, fault=workers)
+        two = decode(model, z, tile=5, slice_len=2, progress=False, devices=TWO, fault=workers, split_stem=False)
     assert torch.equal(one, two)
     failed_rect = workers.steps[1][-1][1]
     assert len(workers.steps[1]) == 2  # worker 1 stopped after its failure
@@ -162,7 +163,7 @@ def test_last_device_shrinks_on_out_of_memory_as_one_device_does(caplog):
             raise torch.OutOfMemoryError("injected")
 
     with caplog.at_level(logging.INFO, logger="wan_accel"):
-        out = decode(model, z, tile=5, slice_len=4, progress=False, devices=TWO, fault=fault)
+        out = decode(model, z, tile=5, slice_len=4, progress=False, devices=TWO, fault=fault, split_stem=False)
     assert (out.clamp(-1, 1) - ref).abs().max().item() <= TOL
     messages = [r.getMessage() for r in caplog.records]
     assert sum("goes to the other devices" in m for m in messages) == 1
@@ -179,7 +180,7 @@ def test_a_callers_weight_source_is_asked_on_the_calling_thread_only():
 
     one = decode(model, z, tile=4, slice_len=1, progress=False, weights=source)
     workers = _Workers()
-    two = decode(model, z, tile=4, slice_len=1, progress=False, weights=source, devices=TWO, fault=workers)
+    two = decode(model, z, tile=4, slice_len=1, progress=False, weights=source, devices=TWO, fault=workers, split_stem=False)
     assert torch.equal(one, two) and set(workers.steps) == {0, 1}
     assert threads == {threading.current_thread()}
 
@@ -420,9 +421,11 @@ def test_a_device_failing_in_the_split_stem_leaves_the_stem_to_the_main_device(c
     assert not _wan_threads()
 
 
-def test_the_stem_stays_on_the_main_device_unless_asked():
+def test_the_stem_is_split_by_default_and_stays_on_the_main_device_when_asked():
     model = wan21()
     z = _latent((1, 16, 2, 8, 8), seed=14)
     bands = _StemBands()
-    decode(model, z, tile=4, slice_len=1, progress=False, devices=TWO, fault=bands)
+    decode(model, z, tile=4, slice_len=1, progress=False, devices=TWO, fault=bands, split_stem=False)
     assert bands.bands == {}
+    decode(model, z, tile=4, slice_len=1, progress=False, devices=TWO, fault=bands)
+    assert len(bands.bands) == 2
