@@ -61,6 +61,27 @@ def test_tuner_skips_failing_candidates(cache_file):
         tuner.pick("k2", [CANDS[0], CANDS[0]], measure, passes)
 
 
+def test_tuner_tries_the_next_pv_kind_only_when_the_preferred_one_fails(cache_file):
+    """Each try compiles a kernel: once an FP8 candidate passes, the 16-bit ones are not run at all;
+    when every FP8 candidate fails the check, the 16-bit ones are tried and one is picked."""
+    fp8 = [Config(64, 128, 4, 3, pv="fp8"), Config(64, 64, 4, 3, pv="fp8")]
+    b16 = [Config(64, 128, 4, 3, pv="16bit"), Config(64, 64, 4, 3, pv="16bit")]
+    speed = {fp8[0]: 5.0, fp8[1]: 4.0, b16[0]: 1.0, b16[1]: 2.0}  # 16-bit "faster": still not tried
+    checked = []
+
+    def check(c):
+        checked.append(c)
+        return None
+
+    tuner = Tuner()
+    assert tuner.pick("a", fp8 + b16, speed.__getitem__, check) == fp8[1]
+    assert checked == fp8 and "not tried" in tuner.timings["a"][b16[0].label()]
+    checked.clear()
+    failing_fp8 = lambda c: (checked.append(c), "cosine 0.99" if c.pv == "fp8" else None)[1]  # noqa: E731
+    assert tuner.pick("b", fp8 + b16, speed.__getitem__, failing_fp8) == b16[0]
+    assert checked == fp8 + b16
+
+
 def test_tuner_ignores_a_corrupt_cache(cache_file, caplog):
     cache_file.write_text("{not json")
     assert Tuner().pick("k", CANDS, FAKE_MS.__getitem__, passes) == CANDS[1]
