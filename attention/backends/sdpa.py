@@ -43,7 +43,9 @@ def upto_256(d: int) -> bool:
     return d % 8 == 0 and d <= 256
 
 
-register(Backend("sdpa", "PyTorch scaled_dot_product_attention, PyTorch picks the kernel", run_sdpa))
+register(Backend("sdpa", "PyTorch scaled_dot_product_attention, PyTorch picks the kernel (under ComfyUI 0.33 "
+                 "FlashAttention-2 first, which on Hopper is 1.6x slower than cuDNN: take sdpa_cudnn or auto there)",
+                 run_sdpa))
 register(Backend("sdpa_cudnn", "SDPA pinned to the cuDNN attention kernel", pinned("CUDNN_ATTENTION"),
                  probe=probe_kernel("CUDNN_ATTENTION", True), devices=("cuda",), dtypes=HALF,
                  head_dims=upto_256, head_dims_doc="multiples of 8 up to 256", min_capability=(8, 0)))
