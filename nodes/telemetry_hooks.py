@@ -26,6 +26,7 @@ from typing import Callable
 from ..telemetry.failures import error_type_name
 from ..telemetry.probes import FailureReport
 from ..telemetry.recorder import Recorder
+from . import sdpa_priority
 
 log = logging.getLogger("wan_accel.telemetry")
 HANDLER_NAME = "wan_accel_telemetry"
@@ -172,6 +173,15 @@ class ComfyHooks:
         self.names: list[str] = []
         self.loading = 0  # load_models_gpu calls under way (free_memory and LoRA patching inside one count as load)
         self.in_lora = False
+        self._facts: dict | None = None
+
+    def run_facts(self) -> dict:
+        """Facts about this ComfyUI and GPU for every run's header, read once (the advice uses them):
+        ``sdpa_flash_first`` when ComfyUI runs SDPA with FlashAttention-2 first where cuDNN is faster."""
+        if self._facts is None:
+            reason = sdpa_priority.flash_first()
+            self._facts = {"sdpa_flash_first": reason} if reason else {}
+        return self._facts
 
     def uninstall(self) -> None:
         while self.undo:
@@ -184,6 +194,7 @@ class ComfyHooks:
 
     def install(self, recorder: Recorder, on_prompt: PromptListener | None = None) -> tuple[bool, str]:
         """Patch ComfyUI. Returns (enabled, reason). Touches nothing unless both required hooks exist."""
+        hooks = self
         try:
             import comfy_execution.progress as progress
             import execution
@@ -226,7 +237,7 @@ class ComfyHooks:
                 client_id = extra.get("client_id") if isinstance(extra, dict) else None
                 if on_prompt is not None:
                     on_prompt(str(prompt_id), client_id)
-                recorder.begin_run(str(prompt_id), source="comfyui")
+                recorder.begin_run(str(prompt_id), source="comfyui", **hooks.run_facts())
             except Exception as exc:
                 recorder.report_failure("begin_run", exc)
             try:

@@ -228,7 +228,7 @@ def run_record(run: dict, nodes: list[NodeState], wall: float, status: str, erro
     model_records.name_models_apart(records)
     findings = []
     for rec in records:
-        advice = node_advice(rec, wall)
+        advice = node_advice(rec, wall, run.get("sdpa_flash_first"))
         if advice:
             rec["advice"] = advice
             findings += [{"node_id": rec["node_id"], "type": rec.get("type"), **a} for a in advice]

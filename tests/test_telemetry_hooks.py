@@ -587,3 +587,23 @@ def test_lora_patches_on_the_gpu_are_judged_by_gpu_time(fake_comfy):
     assert steps["seconds"] == pytest.approx(80.0) and steps["text"].startswith("LoRA on the fly: 80.0 s of GPU time")
     assert run["totals"]["lora_patch_gpu_s"] == pytest.approx(80.8)
     assert run["telemetry_failures"] == 0
+
+
+def test_run_header_carries_the_sdpa_priority_and_samplers_get_its_advice(fake_comfy, monkeypatch):
+    """The hooks read once whether ComfyUI runs SDPA with FlashAttention-2 first where cuDNN is faster; the
+    run's header says so and each sampler that ran PyTorch's pick gets the fix."""
+    calls = []
+    monkeypatch.setattr(th.sdpa_priority, "flash_first", lambda: calls.append(1) or "NVIDIA H200 (sm90, cuDNN 91700)")
+    rec, hooks, _ = _clocked(fake_comfy)
+    try:
+        ex = fake_comfy.execution.PromptExecutor(fake_comfy.server)
+        prompt = {"3": {"class_type": "KSampler", "patcher": Patcher("WAN21", GB), "steps": 4}}
+        for pid in ("pid-a", "pid-b"):
+            asyncio.run(ex.execute_async(prompt, pid, {}, ["3"]))
+        run = rec.last_run
+    finally:
+        hooks.uninstall()
+    assert run["sdpa_flash_first"] == "NVIDIA H200 (sm90, cuDNN 91700)" and len(calls) == 1  # read once
+    [node] = run["nodes"]
+    assert "attention_kernel" in [a["kind"] for a in node["advice"]]
+    assert any(a["kind"] == "attention_kernel" for a in run["advice"])
