@@ -15,15 +15,21 @@ PREFERS_CUDNN = {(9, 0), (10, 0), (10, 3)}  # PyTorch's rule: major 9 or 10, min
 MIN_CUDNN = 91500  # cuDNN newer than 9.15 (PyTorch: the fix for lengths not divisible by 128)
 
 
-def flash_first(ops=None, torch=None) -> str | None:
-    """A one-line description (GPU, what ComfyUI forces) when ComfyUI's SDPA priority puts FlashAttention
-    ahead of cuDNN on a GPU where PyTorch would pick cuDNN; None otherwise or when it cannot tell.
-    ``ops``/``torch``: the modules (tests pass fakes)."""
+def flash_first(ops=None, torch=None, attention=None) -> str | None:
+    """A one-line description (GPU, what ComfyUI forces) when ComfyUI's attention is PyTorch's SDPA and its
+    priority puts FlashAttention ahead of cuDNN on a GPU where PyTorch would pick cuDNN; None otherwise or
+    when it cannot tell. ``ops``/``torch``/``attention`` (comfy.ldm.modules.attention): the modules (tests pass
+    fakes)."""
     try:
         if ops is None:
             import comfy.ops as ops
+        if attention is None:
+            import comfy.ldm.modules.attention as attention
         if torch is None:
             import torch
+        # ComfyUI's own attention must be its SDPA one (not --use-sage-attention, xformers, split, ...)
+        if getattr(getattr(attention, "optimized_attention", None), "__name__", "") != "attention_pytorch":
+            return None
         priority = getattr(ops, "SDPA_BACKEND_PRIORITY", None)
         if not priority or not torch.cuda.is_available():
             return None

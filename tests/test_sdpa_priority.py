@@ -20,6 +20,17 @@ def fake_torch(capability=(9, 0), cudnn=91700, cuda=True, name="NVIDIA H200"):
     return types.SimpleNamespace(cuda=cuda_ns, backends=types.SimpleNamespace(cudnn=cudnn_ns))
 
 
+def attention_pytorch():
+    pass
+
+
+def attention_sage():
+    pass
+
+
+SDPA = types.SimpleNamespace(optimized_attention=attention_pytorch)
+
+
 def ops(*priority):
     return types.SimpleNamespace(SDPA_BACKEND_PRIORITY=list(priority)) if priority else types.SimpleNamespace()
 
@@ -27,15 +38,15 @@ def ops(*priority):
 @pytest.mark.parametrize("capability", [(9, 0), (10, 0), (10, 3)])
 def test_flash_first_on_gpus_where_pytorch_prefers_cudnn(capability, monkeypatch):
     monkeypatch.delenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", raising=False)
-    reason = sdpa_priority.flash_first(ops(FLASH, CUDNN), fake_torch(capability))
+    reason = sdpa_priority.flash_first(ops(FLASH, CUDNN), fake_torch(capability), SDPA)
     assert reason == f"NVIDIA H200 (sm{capability[0]}{capability[1]}, cuDNN 91700)"
 
 
 @pytest.mark.parametrize("case", ["consumer_ada", "consumer_blackwell", "old_cudnn", "cudnn_first", "no_priority",
-                                  "no_cuda", "deprioritized", "broken"])
+                                  "no_cuda", "deprioritized", "broken", "sage_attention"])
 def test_no_flash_first_note_elsewhere(case, monkeypatch):
     monkeypatch.delenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", raising=False)
-    o, t = ops(FLASH, CUDNN), fake_torch()
+    o, t, a = ops(FLASH, CUDNN), fake_torch(), SDPA
     if case == "consumer_ada":
         t = fake_torch((8, 9))  # RTX 4090: PyTorch prefers FlashAttention there too
     elif case == "consumer_blackwell":
@@ -52,7 +63,9 @@ def test_no_flash_first_note_elsewhere(case, monkeypatch):
         monkeypatch.setenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", "1")
     elif case == "broken":
         t = types.SimpleNamespace()  # a probe error is no advice, never an exception
-    assert sdpa_priority.flash_first(o, t) is None
+    elif case == "sage_attention":
+        a = types.SimpleNamespace(optimized_attention=attention_sage)  # --use-sage-attention: not SDPA at all
+    assert sdpa_priority.flash_first(o, t, a) is None
 
 
 def sampler(**extra):
