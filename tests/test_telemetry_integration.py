@@ -369,7 +369,7 @@ def _illustration(run: dict, attention_node_id: str, vae_node_id: str | None = N
                 vram_peak_reserved_mb=15300, partial_load=True, offloaded_mb=2299.8, oom_retries=0, model_load_s=4.3,
                 model_unload_s=1.5, model_moves_s=4.3, model_swap=True, models_loaded=[expert], partial_models=[expert],
                 models_unloaded=[{"name": "WAN22@9a0e17", "freed_mb": 14134.2}],
-                lora_patch_s=2.4, lora_patch_steps_s=1.6, lora_patches=1200,
+                lora_patch_s=2.4, lora_patch_steps_s=1.6, lora_patches=1200, lora_patch_gpu_s=1.9, lora_patch_steps_gpu_s=1.3,
                 steps={"count": 2, "unit": "sampler step", "total": 2, "seconds": [17.4, 17.4], "mean_s": 17.4, "max_s": 17.4},
                 attention=[{"model": "WanModel@b4c2d1", "shape": "1x40x7560x128", "backend": "sage", "requested": "sage",
                             "fallback": False, "reason": "as set", "node_id": attention_node_id},
@@ -388,11 +388,12 @@ def _illustration(run: dict, attention_node_id: str, vae_node_id: str | None = N
     node["advice"] = node_advice(node, run["wall_s"])
     run["advice"] = [{"node_id": "2", "type": node["type"], **a} for a in node["advice"]]
     run["totals"] = dict(run["totals"], partial_loads=1, offloaded_mb=2299.8, gpu_s=37.9, vram_peak_allocated_mb=14820,
-                         model_load_s=4.3, model_moves_s=4.3, model_swaps=1, lora_patch_s=2.4, lora_patch_steps_s=1.6)
+                         model_load_s=4.3, model_moves_s=4.3, model_swaps=1, lora_patch_s=2.4, lora_patch_steps_s=1.6,
+                         lora_patch_gpu_s=1.9, lora_patch_steps_gpu_s=1.3)
     return run
 
 
-ILLUSTRATED_PARTS = ["38.1s · 62%", "2×17.4s ▲14.5G", "! 2.25G offloaded swap 4.3s LoRA 2.4s", "attn ! sage+sdpa"]
+ILLUSTRATED_PARTS = ["38.1s · 62%", "2×17.4s ▲14.5G", "! 2.25G offloaded swap 4.3s LoRA 1.9s", "attn ! sage+sdpa"]
 
 
 def _show_illustration(cdp, run: dict, vue: bool) -> dict:
@@ -449,6 +450,9 @@ def test_browser_classic_canvas_overlay_hover_card_and_panel(server, browser, tm
     _keep(tmp_path / "partial.png", "_partial")
     assert "2 sampler steps × 17.4s" in card and "→ partial load: 2.2 GB of WAN22@b4c2d1 stayed in RAM" in card, card
     assert "models moved 4.30s (unloading 1.50s): swap, WAN22@9a0e17 out, WAN22@b4c2d1 in" in card, card
+    # LoRA judged by the patches' GPU time (the host's 2.4 s is shown beside it)
+    assert "LoRA patching 1.90s of GPU time, 1.30s of it on the fly during the steps (1200 weights; host 2.40s)" in card, card
+    assert "→ LoRA on the fly: 1.3 s of GPU time patching" in card, card
     assert "! attention WanModel@b4c2d1 1x40x512x72: ran sdpa (asked sage) — fallback: sage: head dim 72 unsupported" in card
     attention_card = _hover_title(browser, f"app.graph.getNodeById({drawn['attention_id']})")
     assert attention_card.startswith("attention WanModel@b4c2d1 1x40x7560x128: ran sage"), attention_card
