@@ -235,8 +235,7 @@ def launch_attention(q: torch.Tensor, kv: QuantKV, out: torch.Tensor, cfg: Confi
         h, lq, kv.lk, kv.padded_len, LOG2E / math.sqrt(d),
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, QK_FP8=qk_fp8, PV_FP8=pv_fp8,
         USE_TMA=cfg.use_tma, WARP_SPECIALIZE=cfg.warp_specialize, INTERPRETED=interpreted(),
-        PV_IMPRECISE=pv_imprecise, I2F_ADD=cfg.i2f_add and not qk_fp8, K_BLOCK=cfg.k_block,
-        PV_ACC=cfg.pv_acc and pv_fp8, num_warps=cfg.num_warps,
+        PV_IMPRECISE=pv_imprecise, I2F_ADD=cfg.i2f_add and not qk_fp8, K_BLOCK=cfg.k_block, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
 
 

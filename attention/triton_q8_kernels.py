@@ -11,8 +11,9 @@ Two launches per call:
 - ``attn_kernel``: one program per (query block, batch*head). Q is read from the caller's strided
   tensor and quantised per token in registers (the scale carries sm_scale*log2(e)); online softmax
   in float32 over key blocks (with block scales of K the key scale is one number per block, so a
-  score costs one FMA and, with ``I2F_ADD``, no conversion at all: see ``_block_scores``); P·V in FP8 (P scaled by 448, per-block products added to a float32
-  accumulator: two-level accumulation; ``PV_ACC`` accumulates in the MMA instead) or 16-bit (P in V's dtype, V read in place). The last,
+  score costs one FMA and, with ``I2F_ADD``, no conversion at all: see ``_block_scores``); P·V in FP8
+  (P scaled by 448, per-block products added to a float32 accumulator: two-level accumulation) or 16-bit
+  (P in V's dtype, V read in place). The last,
   partial key block is the only one that is masked.
 
 Under ``TRITON_INTERPRET=1`` (CPU tests, Triton 3.8) two interpreter defects are worked around
@@ -169,7 +170,7 @@ def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, 
                start_n, offs_n, offs_d,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
                INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr, I2F_ADD: tl.constexpr, MASK: tl.constexpr,
-               K_BLOCK: tl.constexpr, PV_ACC: tl.constexpr):
+               K_BLOCK: tl.constexpr):
     """One key block of the online softmax."""
     keys = start_n + offs_n
     if USE_TMA:
@@ -197,18 +198,13 @@ def _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, 
         else:
             v = tl.load(V + bh * HEAD_DIM * LKP + offs_d[None, :] * LKP + keys[:, None])
         p8 = _to_e4m3(p, INTERPRETED)
-        if PV_ACC:  # the MMA adds into the rescaled accumulator: one register set less, ~22-bit sums
-            if PV_IMPRECISE > 0:
-                acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE)
-            else:
-                acc = tl.dot(p8, v, acc * alpha[:, None])
+        # a fresh product per block, added in float32: Hopper's FP8 MMA accumulates in ~22 bits (summing
+        # inside the MMA instead was slower too: 236.9 against 218.9 ms, bench/results/triton_q8_variants_h200.json)
+        if PV_IMPRECISE > 0:
+            pv = tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE)
         else:
-            # a fresh product per block, added in float32: Hopper's FP8 MMA accumulates in ~22 bits
-            if PV_IMPRECISE > 0:
-                pv = tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE)
-            else:
-                pv = tl.dot(p8, v)
-            acc = acc * alpha[:, None] + pv
+            pv = tl.dot(p8, v)
+        acc = acc * alpha[:, None] + pv
     else:
         if USE_TMA:  # a (B, H, L, D) descriptor over the caller's strided V: keys past L read as zeros
             v = V.load([b.to(tl.int32), h.to(tl.int32), start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
@@ -233,7 +229,7 @@ def attn_kernel(Q, K8, K_SCALE, V, V_SCALE, V_MEAN, Out,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_FP8: tl.constexpr,
                 PV_FP8: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
                 INTERPRETED: tl.constexpr, PV_IMPRECISE: tl.constexpr, I2F_ADD: tl.constexpr = False,
-                K_BLOCK: tl.constexpr = False, PV_ACC: tl.constexpr = False):
+                K_BLOCK: tl.constexpr = False):
     pid_m, bh, b, h = _block_and_head(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -252,16 +248,16 @@ def attn_kernel(Q, K8, K_SCALE, V, V_SCALE, V_MEAN, Out,
         for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=True):
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                        stride_vl, LK, LKP, start_n, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False, K_BLOCK, PV_ACC)
+                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False, K_BLOCK)
     else:
         for start_n in range(0, n_full, BLOCK_N):
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                        stride_vl, LK, LKP, start_n, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False, K_BLOCK, PV_ACC)
+                                       USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, False, K_BLOCK)
     if n_full < LK:
         acc, l_i, m_i = _attn_step(acc, l_i, m_i, q8, q_scale, K8, K_SCALE, V, bh, b, h, stride_vb, stride_vh,
                                    stride_vl, LK, LKP, n_full, offs_n, offs_d, HEAD_DIM, BLOCK_N, PV_FP8,
-                                   USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, True, K_BLOCK, PV_ACC)
+                                   USE_TMA, INTERPRETED, PV_IMPRECISE, I2F_ADD, True, K_BLOCK)
 
     if PV_FP8:
         v_scale = tl.load(V_SCALE + bh * HEAD_DIM + offs_d)

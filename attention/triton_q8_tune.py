@@ -40,19 +40,18 @@ class Config:
     pv: str = ""  # P·V product: "fp8", "16bit", or "" for the GPU's first kind
     i2f_add: bool = False  # INT8 Q·K: int32 scores to float32 by an integer add (no conversion instruction)
     k_block: bool = False  # one K scale per 128 keys (not per key): a score is one FMA from its product
-    pv_acc: bool = False  # FP8 P·V adds into the accumulator inside the MMA (no separate product)
 
     def label(self) -> str:
         extra = ("_tma" if self.use_tma else "") + ("_ws" if self.warp_specialize else "")
         extra += ("_i2fadd" if self.i2f_add else "") + ("_kb" if self.k_block else "")
-        extra += ("_pvacc" if self.pv_acc else "") + (f"_pv{self.pv}" if self.pv else "")
+        extra += f"_pv{self.pv}" if self.pv else ""
         return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{extra}"
 
     @classmethod
     def parse(cls, text: str) -> "Config":
         """``"128,64,4,3"`` or ``"128,128,8,2,tma"`` (``ws`` adds warp specialisation, ``i2fadd`` the
-        conversion by addition, ``kb`` block scales of K, ``pvacc`` FP8 P·V summed in the MMA, ``pv=16bit``
-        or ``pv=fp8`` fixes the P·V kind)."""
+        conversion by addition, ``kb`` block scales of K, ``pv=16bit`` or ``pv=fp8`` fixes the P·V
+        kind)."""
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
             block_m, block_n, warps, stages = (int(p) for p in parts[:4])
@@ -60,12 +59,12 @@ class Config:
             raise ValueError(f"{CONFIG_ENV}={text!r}: expected BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws][,kb][,pv=16bit]"
                              ) from None
         flags = set(parts[4:])
-        known = {"tma", "ws", "i2fadd", "kb", "pvacc", "pv=fp8", "pv=16bit"}
+        known = {"tma", "ws", "i2fadd", "kb", "pv=fp8", "pv=16bit"}
         if flags - known:
             raise ValueError(f"{CONFIG_ENV}={text!r}: unknown flags {sorted(flags - known)} (known: {', '.join(sorted(known))})")
         pv = "fp8" if "pv=fp8" in flags else "16bit" if "pv=16bit" in flags else ""
         cfg = cls(block_m, block_n, warps, stages, "tma" in flags, "ws" in flags, pv, "i2fadd" in flags,
-                  "kb" in flags, "pvacc" in flags)
+                  "kb" in flags)
         cfg.check()
         return cfg
 

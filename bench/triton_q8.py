@@ -54,7 +54,7 @@ def grid(capability, small: bool) -> list[tuple[str, str, "Config"]]:
     if small:
         return [("int8", "fp8", Config(64, 64, 4, 2)), ("int8", "16bit", Config(64, 64, 4, 2, use_tma=True)),
                 ("fp8", "fp8", Config(64, 64, 4, 2)), ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True)),
-                ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True, k_block=True, pv_acc=True))]
+                ("int8", "fp8", Config(64, 64, 4, 2, i2f_add=True, k_block=True))]
     pvs = ["fp8", "16bit"] if capability >= (8, 9) else ["16bit"]
     if capability >= (9, 0):
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3),
