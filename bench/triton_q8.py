@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 SMALL = "--small" in sys.argv
 if SMALL:  # before anything imports triton: the kernels are built for the interpreter
@@ -36,6 +37,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from _common import load_wan_accel, write_json  # noqa: E402
+
+if TYPE_CHECKING:  # the package is importable only after load_wan_accel()
+    from wan_accel.attention.triton_q8_tune import Config
 
 HEADS, HEAD_DIM = 40, 128
 WAN_14B = 21 * 76 * 52  # 81 frames at 1216x832: latent frames x (h/16) x (w/16)
