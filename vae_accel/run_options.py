@@ -35,9 +35,10 @@ class RunOptions:
     (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
     sequence such as ``("cuda:0", "cuda:1")``. The encode's middle block stays on ``device``; with several
     devices the decode's stem is split by rows over them (stem_split; ``split_stem=False`` keeps it on
-    ``device``: two H200s, Wan 2.1 decode 1.42x -> 1.61x at 81 frames, 1.57x -> 1.98x at 161). ``conv_autotune``: cuDNN's algorithm search (benchmark mode) for this
-    call's convolutions, restored after it: faster convolutions once a shape is searched, seconds of
-    search on each new shape of a process (off until measured)."""
+    ``device``: two H200s, Wan 2.1 decode 1.42x -> 1.61x at 81 frames, 1.57x -> 1.98x at 161).
+    ``conv_autotune``: cuDNN's algorithm search (benchmark mode) for this call's convolutions, restored after
+    it; off: on an H200 it gained nothing warm and cost 5.7 s on a process's first decode
+    (bench/results/vae_kernels_autotune_h200.json), kept for other GPUs' benches."""
 
     budget_bytes: int | None = None
     tile: int | None = None
