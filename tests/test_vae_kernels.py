@@ -205,6 +205,13 @@ def check_triton_norm_equals_torch():
         assert _close(h1, h2, tol)  # the sum written back in place
         assert _close(buf[:, :, 2:], ref, tol)
         assert (buf[:, :, :2] == 0).all()
+        # a conv's bias then the residual, each rounded; without store_sum x is left as it was
+        pre = _rand(24, seed=30)
+        h1, h2, h3 = x.clone(), x.clone(), x.clone()
+        ref = norm_act_torch(h2, g, add=s, pre=pre)
+        assert _close(norm_act(h1, g, add=s, pre=pre), ref, tol) and _close(h1, h2, tol)
+        assert _close(norm_act(h3, g, pre=pre, store_sum=False), norm_act_torch(x.clone(), g, pre=pre), tol)
+        assert torch.equal(h3, x)
         # channels not contiguous (the CPU's conv outputs): the element-stride variant, mixed layouts
         plain = _rand(1, 6, 2, 3, 4, seed=17, dtype=dtype)
         assert _close(norm_act(plain, g[:6]), norm_act_torch(plain, g[:6]), tol)
@@ -258,13 +265,12 @@ def _ptxas_available() -> bool:
 
 
 @pytest.mark.skipif(not _ptxas_available(), reason="compiling for sm90 needs triton with its bundled ptxas")
-@pytest.mark.parametrize("dtype,contiguous_channels,flags", [
-    ("bf16", True, dict(HAS_ADD=True, HAS_BIAS=False, ACT=True)),
-    ("fp32", False, dict(HAS_ADD=False, HAS_BIAS=True, ACT=False)),
-])
-def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, flags, monkeypatch, tmp_path):
+@pytest.mark.parametrize("dtype,contiguous_channels", [("bf16", True), ("fp32", False)])
+def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, monkeypatch, tmp_path):
     """The real compiler is stricter than the interpreter (globals, casts): compile for sm90 here,
-    and the channels-last variant must load channels as 16-byte vectors."""
+    and the channels-last variant must load channels as 16-byte vectors although the channel count
+    and the flags are run-time values (what Triton specialises: a channel stride of 1 becomes a
+    constant, strides and counts that are multiples of 16 are marked as such)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     import inspect
@@ -276,13 +282,16 @@ def test_triton_norm_compiles_for_hopper(dtype, contiguous_channels, flags, monk
     from wan_accel.vae_accel.kernels import norm_act_triton as k
 
     names = list(inspect.signature(k.norm_act_kernel).parameters)
-    consts = dict(C=96, UNIT=96 if contiguous_channels else 1, BLOCK_C=128, BLOCK_P=32, **flags)
-    if contiguous_channels:  # Triton specialises integer arguments equal to 1 into constants
+    pointers = names[:6]
+    consts = dict(BLOCK_C=128, BLOCK_P=32)
+    multiples_of_16 = list(pointers)
+    if contiguous_channels:
         consts |= dict(xs_c=1, as_c=1, ys_c=1)
-    sig = {n: (f"*{dtype}" if i < 5 else "constexpr" if n in consts else "i32") for i, n in enumerate(names)}
+        multiples_of_16 += [n for n in names if n[1:3] == "s_" and n[-1] != "c"] + ["C"]
+    sig = {n: (f"*{dtype}" if n in pointers else "constexpr" if n in consts else "i32") for n in names}
     src = ASTSource(triton.jit(k.norm_act_kernel, do_not_specialize=k.NOT_SPECIALISED), sig,
                     constexprs={(names.index(n),): v for n, v in consts.items()},
-                    attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in multiples_of_16})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
     assert ("ld.global.v4" in ptx) == contiguous_channels
 
@@ -296,6 +305,16 @@ def test_pending_sum_is_added_once_and_crops_materialize():
     part = p[..., 1:, 1:]
     assert part.shape == (1, 4, 1, 2, 2)
     assert torch.equal(p.materialize(), h + s) and torch.equal(p.materialize(), h + s)
+
+
+def test_pending_bias_is_added_before_the_sum_and_a_single_use_sum_cannot_be_reused():
+    h, s, b = _rand(1, 4, 1, 3, 3, seed=20), _rand(1, 4, 1, 3, 3, seed=21), _rand(4, seed=22)
+    p = PendingSum(h.clone(), s, pre=b)
+    assert torch.equal(p.materialize(), (h + b.reshape(1, -1, 1, 1, 1)) + s)
+    once = PendingSum(h.clone(), pre=b, keep=False)
+    once.take()
+    with pytest.raises(AssertionError, match="used once"):
+        once.materialize()
 
 
 def test_norm_conv_equals_norm_then_causal_conv_across_slices():
@@ -383,6 +402,11 @@ def test_rewrite_replaces_every_upsample_conv_and_norm_conv():
     assert len(blocks) == 12
     # each block's add is deferred into the next norm, except before an upsampler
     assert [b.defer for b in blocks] == [True, True, False] * 3 + [True, True, True]
+    # every conv's bias goes into the next norm: conv1's used once, conv2's into the block's sum, the
+    # upsampler's into the next block's input (kept: its shortcut reads it); the head's is added by the conv
+    assert all(b.main.ops[0].defer_bias and not b.main.ops[0].keep_pending and b.main.ops[1].defer_bias for b in blocks)
+    assert all(op.defer_bias for op in fast.up.ops if type(op).__name__ == "SubPixelConv")
+    assert not fast.up.ops[-1].defer_bias
     assert names[-1] == "NormConv"
     assert [type(op).__name__ for op in graph.up.ops].count("Upsample2x") == 0  # original untouched
     assert fast.up.halo() == pytest.approx(graph.up.halo()) and fast.up.space_scale() == graph.up.space_scale()

@@ -53,7 +53,6 @@ class Conv(Op):
         """Causal frames by concatenation in time (a contiguous copy in channels-last), zero
         borders by the convolution's own padding: where a tile needs padding on one side only,
         both sides are padded and the extra output row or column is cropped away."""
-        r = self.r
         inr = self.need(out, size)
         x = crop(x, have, inr)
         if self.kt > 1:
@@ -68,13 +67,23 @@ class Conv(Op):
             if ctx.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             st.put(self.key, (x[:, :, -lead:].clone(), inr))
+        y, _ = self.convolve(x, inr, out, ctx)
+        return y
+
+    def convolve(self, x, inr: Rect, out: Rect, ctx, bias: bool = True):
+        """(the conv of ``x``, which covers ``inr`` with its causal frames in front, cropped to ``out``; the
+        bias left to add, or None). With ``bias=False`` the conv's bias is handed back instead of added, so
+        the next kernel adds it in a pass it makes anyway (kernels.fused); a copy when it came from a weight
+        source's loan (ComfyUI's cast buffers may be reused once the loan ends)."""
+        r = self.r
         py = max(r - (out.y0 - inr.y0), r - (inr.y1 - out.y1))
         px = max(r - (out.x0 - inr.x0), r - (inr.x1 - out.x1))
         with ctx.weights(self.key, self.module_ref(), as_3d=True) as (w, b):
-            y = F.conv3d(x, w, b, padding=(0, py, px))
+            y = F.conv3d(x, w, b if bias else None, padding=(0, py, px))
+            later = None if bias or b is None else (b if ctx.source is None else b.to(torch.float32, copy=True))
         # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
         got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
-        return crop(y, got, out)
+        return crop(y, got, out), later
 
 
 class NormAct(Op):

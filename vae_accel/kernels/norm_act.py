@@ -9,7 +9,9 @@ variant of it) that reads the input once and writes the output once, also throug
 Everywhere else, and whenever Triton is missing or fails, the torch path computes the same.
 
 ``add=`` fuses the residual add of the block before: ``x += add`` (rounded to x's dtype, in
-place, as ``x.add_(add)`` would) and the norm of that sum, with one read of each.
+place, as ``x.add_(add)`` would) and the norm of that sum, with one read of each. ``pre=`` (a
+per-channel vector: the bias of the conv that made ``x``) is added before ``add``, rounded likewise.
+``store_sum=False``: the sum is not written back (nobody reads it again).
 """
 from __future__ import annotations
 
@@ -25,8 +27,12 @@ KERNEL = "norm_act_triton"
 
 
 def norm_act_torch(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None, *, act: bool = True,
-                   add: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference math (and the fallback): same arguments and results as :func:`norm_act`."""
+                   add: torch.Tensor | None = None, out: torch.Tensor | None = None, pre: torch.Tensor | None = None,
+                   store_sum: bool = True) -> torch.Tensor:
+    """The reference math (and the fallback): same arguments and results as :func:`norm_act` (the sum
+    lands in ``x`` whatever ``store_sum`` says: it only allows the kernel to skip that write)."""
+    if pre is not None:
+        x.add_(pre.reshape(1, -1, 1, 1, 1))
     if add is not None:
         x.add_(add)
     xf = x.float()
@@ -46,12 +52,14 @@ def _channels(v: torch.Tensor) -> torch.Tensor:
 
 
 def norm_act(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None, *, act: bool = True,
-             add: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+             add: torch.Tensor | None = None, out: torch.Tensor | None = None, pre: torch.Tensor | None = None,
+             store_sum: bool = True) -> torch.Tensor:
     """``silu(rms_norm(x (+= add)) * g + bias)`` over dim 1 of a 5-D tensor.
 
     ``g`` holds ``gamma * sqrt(C)`` (any shape with C elements, any float dtype); ``out`` (same
     shape as ``x``) receives the result, else a new tensor in x's memory format is returned.
-    ``add`` is added into ``x`` in place first. Also usable as ``ExecContext.norm_act(x, g)``.
+    ``pre`` (C elements) then ``add`` are added into ``x`` in place first (``store_sum=False``: the kernel
+    may leave ``x`` as it was). Also usable as ``ExecContext.norm_act(x, g)``.
     """
     if x.dim() != 5:
         raise ValueError(f"norm_act takes 5-D (N, C, T, H, W) tensors, got shape {tuple(x.shape)}")
@@ -61,20 +69,21 @@ def norm_act(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None = None,
     if not (x.is_cuda or interpreting()):
         say_once("no CUDA tensors: RMS norm + SiLU on the torch path", logging.DEBUG)
         count("norm_act", "torch (no CUDA)")
-        return norm_act_torch(x, g, bias, act=act, add=add, out=out)
+        return norm_act_torch(x, g, bias, act=act, add=add, out=out, pre=pre)
     triton_kernel = triton_module(KERNEL)
     if triton_kernel is None:
         count("norm_act", "torch (no Triton)")
-        return norm_act_torch(x, g, bias, act=act, add=add, out=out)
+        return norm_act_torch(x, g, bias, act=act, add=add, out=out, pre=pre)
     fmt = torch.channels_last_3d if x.stride(1) == 1 else torch.contiguous_format
     dest = out if out is not None else torch.empty_like(x, memory_format=fmt)
     g = g.reshape(-1).contiguous()
     bias = bias.reshape(-1).contiguous() if bias is not None else None
+    pre = pre.reshape(-1).contiguous() if pre is not None else None
     try:
-        triton_kernel.launch(x, g, bias, add, dest, act)
+        triton_kernel.launch(x, g, bias, add, dest, act, pre=pre, store_sum=store_sum)
     except Exception as exc:  # a Triton that cannot compile for this GPU must not stop a decode
         disable(KERNEL, exc)
         count("norm_act", "torch (Triton failed)")
-        return norm_act_torch(x, g, bias, act=act, add=add, out=out)
+        return norm_act_torch(x, g, bias, act=act, add=add, out=out, pre=pre)
     count("norm_act", "triton")
     return dest

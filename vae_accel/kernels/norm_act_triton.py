@@ -1,13 +1,17 @@
-"""Triton kernel: RMS norm over channels, optional bias and SiLU, optional residual add first.
+"""Triton kernel: RMS norm over channels, optional bias and SiLU, optional conv bias and residual add first.
 
 Imported only when Triton is installed (``norm_act`` falls back to torch otherwise). Tensors are
 5-D (N, C, T, H, W), any strides. Each program normalises BLOCK_P pixels with all their channels
-in registers, in float32, and reads and writes every element once. When every tensor has its
-channels contiguous (``channels_last_3d``, or any crop of it) the pixel strides are passed in
-units of C and the channel stride is the constant 1, so the compiler can prove each pixel's
-channels are aligned and uses vector loads; other layouts get a variant with element strides.
-Sizes and pixel strides are not specialised on, so tiles of every size share one binary per
-(channel count, dtype, flags), compiled once and kept in Triton's on-disk cache.
+in registers, in float32, and reads and writes every element once.
+
+One binary per (BLOCK_C, dtypes, channel stride): the channel count and the flags are run-time
+values, not constants, because each compiled variant costs a process's first decode ~0.4 s on an
+H200 (Triton's code generator and ptxas), and with them as constants a Wan 2.1 decode needed seven
+(bench/results/profile_vae_h200.json). Strides are element strides; Triton marks integer arguments
+that are multiples of 16 as such, and a channel stride of 1 as a constant, so with channels-last
+tensors (every pixel stride a multiple of C, itself a multiple of 16) the compiler can prove each
+pixel's channels aligned and contiguous and uses vector loads. Sizes are not specialised on, so
+tiles of every size share the binary, compiled once and kept in Triton's on-disk cache.
 """
 from __future__ import annotations
 
@@ -21,14 +25,14 @@ EPS_SQUARED = tl.constexpr(1e-24)  # F.normalize's eps (1e-12) on the norm, squa
 
 
 def norm_act_kernel(
-    X, A, G, B, Y,
+    X, A, P, G, B, Y,
     n_pix, size_t, size_h, size_w,
     xs_n, xs_t, xs_h, xs_w,
     as_n, as_t, as_h, as_w,
     ys_n, ys_t, ys_h, ys_w,
-    xs_c, as_c, ys_c,
-    C: tl.constexpr, UNIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    xs_c, as_c, ys_c, C,
+    has_add, has_pre, has_bias, act, store_sum,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < n_pix
@@ -41,36 +45,33 @@ def norm_act_kernel(
     c = tl.arange(0, BLOCK_C)
     c_ok = c < C
     ok = p_ok[:, None] & c_ok[None, :]
-    x_at = (i_n * xs_n + it * xs_t + ih * xs_h + iw * xs_w) * UNIT
+    x_at = i_n * xs_n + it * xs_t + ih * xs_h + iw * xs_w
     x_ptr = X + x_at[:, None] + c[None, :] * xs_c
     x = tl.load(x_ptr, mask=ok, other=0.0).to(tl.float32)
-    if HAS_ADD:
-        a_at = (i_n * as_n + it * as_t + ih * as_h + iw * as_w) * UNIT
+    if has_pre != 0:
+        # the conv's bias, rounded to the storage dtype as the conv's own bias add would round it
+        x = (x + tl.load(P + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]).to(X.dtype.element_ty).to(tl.float32)
+    if has_add != 0:
+        a_at = i_n * as_n + it * as_t + ih * as_h + iw * as_w
         a = tl.load(A + a_at[:, None] + c[None, :] * as_c, mask=ok, other=0.0).to(tl.float32)
         # round the sum to the storage dtype before normalising: the same numbers as add_ then norm
-        if X.dtype.element_ty == tl.float32:
-            summed = x + a
-        else:
-            summed = (x + a).to(X.dtype.element_ty, fp_downcast_rounding="rtne")
-        tl.store(x_ptr, summed, mask=ok)
-        x = summed.to(tl.float32)
+        x = (x + a).to(X.dtype.element_ty).to(tl.float32)
+    if store_sum != 0:
+        tl.store(x_ptr, x.to(X.dtype.element_ty), mask=ok)
     inv = tl.math.rsqrt(tl.maximum(tl.sum(x * x, axis=1), EPS_SQUARED))
     g = tl.load(G + c, mask=c_ok, other=0.0).to(tl.float32)
     y = x * inv[:, None] * g[None, :]
-    if HAS_BIAS:
+    if has_bias != 0:
         y += tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    if ACT:
+    if act != 0:
         y = y * tl.sigmoid(y)
-    y_at = (i_n * ys_n + it * ys_t + ih * ys_h + iw * ys_w) * UNIT
-    if Y.dtype.element_ty != tl.float32:
-        y = y.to(Y.dtype.element_ty, fp_downcast_rounding="rtne")
-    tl.store(Y + y_at[:, None] + c[None, :] * ys_c, y, mask=ok)
+    y_at = i_n * ys_n + it * ys_t + ih * ys_h + iw * ys_w
+    tl.store(Y + y_at[:, None] + c[None, :] * ys_c, y.to(Y.dtype.element_ty), mask=ok)
 
 
-NOT_SPECIALISED = [
-    "n_pix", "size_t", "size_h", "size_w",
-    "xs_n", "xs_t", "xs_h", "xs_w", "as_n", "as_t", "as_h", "as_w", "ys_n", "ys_t", "ys_h", "ys_w",
-]
+# sizes vary per tile and the flags per call: run-time values in one binary (strides stay
+# specialised: their multiple-of-16 property is what lets the loads vectorise)
+NOT_SPECIALISED = ["n_pix", "size_t", "size_h", "size_w", "has_add", "has_pre", "has_bias", "act", "store_sum"]
 _compiled: dict = {}
 
 
@@ -82,16 +83,10 @@ def kernel():
     return _compiled[mode]
 
 
-def strides_in(t: torch.Tensor, unit: int) -> tuple[int, ...]:
-    """(N, T, H, W) strides in units of ``unit`` elements, then the channel stride (0 for a size-1 dim)."""
-    pixel = tuple((t.stride(d) if t.shape[d] > 1 else 0) // unit for d in (0, 2, 3, 4))
+def strides_in(t: torch.Tensor) -> tuple[int, ...]:
+    """(N, T, H, W) element strides (0 for a size-1 dim), then the channel stride (1 for a single channel)."""
+    pixel = tuple(t.stride(d) if t.shape[d] > 1 else 0 for d in (0, 2, 3, 4))
     return pixel + (t.stride(1) if t.shape[1] > 1 else 1,)
-
-
-def channels_contiguous(t: torch.Tensor) -> bool:
-    """Channel stride 1 and every pixel starting at a multiple of C: the vectorised variant applies."""
-    c = t.shape[1]
-    return (c == 1 or t.stride(1) == 1) and all(t.stride(d) % c == 0 for d in (0, 2, 3, 4) if t.shape[d] > 1)
 
 
 def block_sizes(c: int, n_pix: int) -> tuple[int, int, int]:
@@ -104,18 +99,17 @@ def block_sizes(c: int, n_pix: int) -> tuple[int, int, int]:
     return block_c, block_p, 4 if block_c * block_p <= 4096 else 8
 
 
-def launch(x, g, bias, add, out, act: bool) -> None:
-    tensors = (x, add if add is not None else x, out)
+def launch(x, g, bias, add, out, act: bool, pre=None, store_sum: bool = True) -> None:
     n, c, t, h, w = x.shape
-    unit = c if all(channels_contiguous(v) for v in tensors) else 1
-    s = [strides_in(v, unit) for v in tensors]
     n_pix = n * t * h * w
     if n_pix == 0:
         return
+    s = [strides_in(v) for v in (x, add if add is not None else x, out)]
     block_c, block_p, warps = block_sizes(c, n_pix)
+    summed = store_sum and (add is not None or pre is not None)
     kernel()[(triton.cdiv(n_pix, block_p),)](
-        x, tensors[1], g, bias if bias is not None else g, out,
-        n_pix, t, h, w, *s[0][:4], *s[1][:4], *s[2][:4], s[0][4], s[1][4], s[2][4],
-        C=c, UNIT=unit, BLOCK_C=block_c, BLOCK_P=block_p,
-        HAS_ADD=add is not None, HAS_BIAS=bias is not None, ACT=act, num_warps=warps,
+        x, add if add is not None else x, pre if pre is not None else g, g, bias if bias is not None else g, out,
+        n_pix, t, h, w, *s[0][:4], *s[1][:4], *s[2][:4], s[0][4], s[1][4], s[2][4], c,
+        int(add is not None), int(pre is not None), int(bias is not None), int(act), int(summed),
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
     )

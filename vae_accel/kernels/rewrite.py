@@ -3,7 +3,9 @@
 - ``Upsample2x`` then a 3x3 ``Conv`` -> :class:`~.subpixel.SubPixelConv`;
 - ``NormAct`` then ``Conv`` -> :class:`~.fused.NormConv` (norm into the causal buffer);
 - ``ResBlock`` -> :class:`~.fused.FusedResBlock`, its residual add deferred into the next op
-  when that op takes a pending sum.
+  when that op takes a pending sum;
+- a conv's bias (of a NormConv or SubPixelConv, and of each block's last conv) deferred into the
+  next norm the same way.
 
 Nested plain ``Seq``s are flattened (the same computation), so a block at the end of one up
 level still hands its sum to the norm that follows it. Op keys are kept, so the rewritten graph
@@ -25,6 +27,7 @@ class KernelChoice:
     subpixel: bool = True
     norm_conv: bool = True
     defer_residual: bool = True
+    defer_bias: bool = True
 
 
 def accelerate(root: Op, choice: KernelChoice = KernelChoice()) -> Op:
@@ -36,6 +39,8 @@ def _rewrite(op: Op, choice: KernelChoice) -> Op:
         return Seq(_rewrite_list(op.ops, choice))
     if isinstance(op, ResBlock) and choice.norm_conv:
         main = Seq(_rewrite_list(op.main.ops, choice))
+        if choice.defer_bias and isinstance(main.ops[-1], NormConv):
+            main.ops[-1].defer_bias = True  # the block adds conv2's bias into its sum (FusedResBlock.run)
         return FusedResBlock(main, op.shortcut, defer=False)
     if isinstance(op, AddShortcut):
         return AddShortcut(_rewrite(op.main, choice), op.shortcut)
@@ -65,10 +70,14 @@ def _rewrite_list(ops, choice: KernelChoice) -> list[Op]:
         else:
             out.append(_rewrite(op, choice))
             i += 1
-    if choice.defer_residual:
-        for op, nxt in zip(out, out[1:]):
-            if isinstance(op, FusedResBlock) and accepts_pending(nxt):
-                op.defer = True
+    for op, nxt in zip(out, out[1:]):
+        if choice.defer_residual and isinstance(op, FusedResBlock) and accepts_pending(nxt):
+            op.defer = True
+        if choice.defer_bias and isinstance(op, (NormConv, SubPixelConv)) and accepts_pending(nxt):
+            op.defer_bias = True
+            if isinstance(op, NormConv):
+                # a norm reading it straight after uses the sum once; a block's input is read again
+                op.keep_pending = not isinstance(nxt, NormConv)
     return out
 
 

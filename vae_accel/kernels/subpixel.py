@@ -20,6 +20,7 @@ from fractions import Fraction
 
 from ..ops import Conv, ExecContext, Op, TileState
 from ..rect import Rect, crop
+from .fused import PendingSum
 from .memo import memo
 
 # For output phase a (0: even row, 1: odd row): which of the 3x3 kernel's rows land on the two
@@ -80,12 +81,14 @@ def interleave(phase_grid: torch.Tensor, starts: tuple[int, int], shifts: tuple[
 
 
 def subpixel_conv(x: torch.Tensor, phases: torch.Tensor, bias: torch.Tensor | None, have: Rect, out: Rect,
-                  size: tuple[int, int], channels_last: bool | None = None, weights=None) -> torch.Tensor:
+                  size: tuple[int, int], channels_last: bool | None = None, weights=None,
+                  add_bias: bool = True) -> torch.Tensor:
     """``conv3x3(upsample2x(x))`` restricted to ``out`` (a rectangle of the 2x image).
 
     ``x`` (N, Cin, T, h, w) covers ``have`` of an image of ``size`` (input resolution) and must
     contain :func:`need_rect` ``(out, size)``. ``phases`` comes from :func:`phase_weights` (cast
     to the compute dtype); ``weights(y0, x0)`` may return cached :func:`stacked_weights`.
+    ``add_bias=False``: the result without the bias (the caller adds it later).
     """
     inr = need_rect(out, size)
     x = crop(x, have, inr)
@@ -94,7 +97,7 @@ def subpixel_conv(x: torch.Tensor, phases: torch.Tensor, bias: torch.Tensor | No
     w, b = weights(out.y0, out.x0) if weights is not None else stacked_weights(phases, bias, out.y0, out.x0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    grid = F.conv3d(x, w, b, padding=(0, 1, 1))
+    grid = F.conv3d(x, w, b if add_bias else None, padding=(0, 1, 1))
     y_first, y_shift, my = windows(out.y0, out.y1, inr.y0)
     x_first, x_shift, mx = windows(out.x0, out.x1, inr.x0)
     nb, _, t, _, _ = x.shape
@@ -111,7 +114,11 @@ def need_rect(out: Rect, size: tuple[int, int]) -> Rect:
 
 
 class SubPixelConv(Op):
-    """Drop-in for ``Seq([Upsample2x(), Conv(conv2d_3x3)])``: same rectangles, same result."""
+    """Drop-in for ``Seq([Upsample2x(), Conv(conv2d_3x3)])``: same rectangles, same result. With
+    ``defer_bias`` the bias is left to the next op (a kept :class:`~.fused.PendingSum`: the next
+    block's shortcut reads the sum again)."""
+
+    defer_bias = False
 
     def __init__(self, conv: Conv):
         w = conv.module.weight
@@ -157,4 +164,9 @@ class SubPixelConv(Op):
 
             return memo(ctx, ("subpixel", self.key, y0 % 2, x0 % 2), make)
 
-        return subpixel_conv(x, None, None, have, out, size, channels_last=ctx.channels_last, weights=weights)
+        y = subpixel_conv(x, None, None, have, out, size, channels_last=ctx.channels_last, weights=weights,
+                          add_bias=not self.defer_bias)
+        if not self.defer_bias:
+            return y
+        b = weights(out.y0, out.x0)[1]  # the stacked bias repeats the conv's once per phase
+        return PendingSum(y, pre=b[: y.shape[1]]) if b is not None else y
