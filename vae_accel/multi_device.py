@@ -73,7 +73,7 @@ def plan_for_devices(plan: Plan, path: Seq, latent_size: tuple[int, int], n_devi
     tile_h = math.ceil(H / bands)
     if tile_h < MIN_TILE or len(Plan(tile_h, W, 1, 0, None, "").tiles(latent_size)) != bands:
         return plan
-    est = estimate_bytes(path, tile_h, W, plan.slice_len, elem, image=latent_size)
+    est = estimate_bytes(path, tile_h, W, plan.slice_len, elem)
     return Plan(tile_h, W, plan.slice_len, est, plan.budget_bytes, f"{plan.reason}; {bands} bands for {n_devices} devices")
 
 

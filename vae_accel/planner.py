@@ -16,18 +16,10 @@ from .rect import Rect
 from .schedule import slice_count
 
 # Calibrated on an H100 (bench/vae_decode.py, bench/vae_encode.py; Wan 2.1 VAE, bf16,
-# 81x1216x832): measured peak over the raw sum was up to 0.76 for decode and ~1.2 for encode, when
-# every tile was counted with a halo on all four sides. A tile that spans the image along an axis
-# has no halo there (estimate_bytes clips it), which takes the Wan 2.1 decode's two full-width bands
-# to 0.8 of their old raw sum, so both factors rose by 1/0.8 to keep those estimates at the
-# measured peaks (H200, the kernels path: decode 6.44 GiB measured, 6.47 estimated; encode of two
-# bands 4.48 GiB measured besides the staged video, 4.98 estimated). Why the clip: counting
-# a halo that does not exist put Wan 2.2's whole-frame decode at 10.2 GiB (measured 5.3) and made
-# the planner cut it into three bands of 15 latent rows, 1.17x slower than one tile
-# (bench/results/profile_vae_h200.json).
+# 81x1216x832): measured peak over the raw sum was up to 0.76 for decode and ~1.2 for encode.
 ACT_FACTOR = 4.0
-DECODE_CALIBRATION = 0.95
-ENCODE_CALIBRATION = 1.5
+DECODE_CALIBRATION = 0.76
+ENCODE_CALIBRATION = 1.2
 SAFETY = 0.85  # share of the budget the estimate may use
 MIN_TILE = 8  # latent pixels; below this the halo dominates and we stop splitting
 MAX_SLICE = 2  # latent frames; measured: 2 beats 1 by ~15%, 4 is slower than 2
@@ -74,17 +66,12 @@ def grid(size: tuple[int, int], th: int, tw: int) -> list[Rect]:
 
 
 def estimate_bytes(path: Seq, tile_h: int, tile_w: int, slice_len: int, elem: int, in_scale: int = 1,
-                   in_frames: int = 1, calibration: float = DECODE_CALIBRATION,
-                   image: tuple[int, int] | None = None) -> int:
+                   in_frames: int = 1, calibration: float = DECODE_CALIBRATION) -> int:
     """Peak bytes of one tile step of ``path``: a tile of ``tile_h x tile_w`` latent pixels (times
     ``in_scale`` at the path's input, plus its halo) and ``slice_len`` latent frames (times
-    ``in_frames`` at the input). With ``image`` (latent pixels) the tile plus halo is clipped to it:
-    a tile as tall or as wide as the image reads no halo along that axis."""
+    ``in_frames`` at the input)."""
     halo = math.ceil(path.halo())
-    rows, cols = tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo
-    if image is not None:
-        rows, cols = min(rows, image[0] * in_scale), min(cols, image[1] * in_scale)
-    tally = CostTally(size=(rows, cols), frames=slice_len * in_frames)
+    tally = CostTally(size=(tile_h * in_scale + 2 * halo, tile_w * in_scale + 2 * halo), frames=slice_len * in_frames)
     path.account(tally)
     return int(calibration * (tally.cache + ACT_FACTOR * tally.peak) * elem)
 
@@ -144,7 +131,7 @@ def plan_tiles(
         tiles = grid((H, W), th, tw)
         work = sum((r.height + 2 * halo) * (r.width + 2 * halo) for r in tiles) / (H * W)
         for k in slices:
-            est = estimate_bytes(path, th, tw, k, elem, in_scale, in_frames, calibration, image=(H, W))
+            est = estimate_bytes(path, th, tw, k, elem, in_scale, in_frames, calibration)
             fits = budget_bytes is None or est <= budget_bytes * SAFETY
             steps = len(tiles) * (1 + math.ceil(max(frames - 1, 0) / k))
             cost = work + 0.01 * steps - (1.0 if whole_frame_first and len(tiles) == 1 else 0.0)
