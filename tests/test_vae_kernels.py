@@ -363,6 +363,29 @@ def test_accelerated_decode_equals_untiled_reference(accelerated_decode, choice,
         assert (out - ref).abs().max().item() <= TOL
 
 
+def test_zero_padded_input_channels_give_the_same_decode_and_encode(accelerated_decode, monkeypatch):
+    """The channel padding cuDNN needs for its fast kernels (CUDA only) computed on the CPU: the fixture's
+    32-channel convs run at 64 channels, and the decode and encode still equal the untiled module's."""
+    from wan_fixtures import reference_decode, wan21
+
+    from wan_accel.vae_accel import encode
+    from wan_accel.vae_accel.kernels import channel_pad
+
+    monkeypatch.setattr(channel_pad, "PAD_DEVICES", {"cpu", "cuda"})
+    widths = []
+    real = channel_pad.padded_weights
+    monkeypatch.setattr(sys.modules["wan_accel.vae_accel.kernels.fused"], "padded_weights",
+                        lambda ctx, conv, width: widths.append((conv.cin, width)) or real(ctx, conv, width))
+    model, z = wan21(), _rand(1, 16, 3, 4, 5, seed=23)
+    out = accelerated_decode()(model, z, tile=3, slice_len=2, progress=False).clamp(-1, 1)
+    assert (out - reference_decode(model, z)).abs().max().item() <= TOL
+    assert widths and all(w == 64 for c, w in widths if c == 32)
+    x = _rand(1, 3, 5, 24, 32, seed=26).clamp(-1, 1)
+    with torch.no_grad():
+        ref = model.encode(x).latent_dist.mean
+    assert (encode(model, x, tile=2, slice_len=1, progress=False) - ref).abs().max().item() <= TOL
+
+
 def test_accelerated_wan22_decode_is_exact(accelerated_decode):
     from wan_fixtures import reference_decode, wan22
 

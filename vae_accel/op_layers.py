@@ -8,6 +8,8 @@ covers, so a tile can be split later and its halves crop the parent's state.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -70,17 +72,19 @@ class Conv(Op):
         y, _ = self.convolve(x, inr, out, ctx)
         return y
 
-    def convolve(self, x, inr: Rect, out: Rect, ctx, bias: bool = True):
+    def convolve(self, x, inr: Rect, out: Rect, ctx, bias: bool = True, weights: tuple | None = None):
         """(the conv of ``x``, which covers ``inr`` with its causal frames in front, cropped to ``out``; the
         bias left to add, or None). With ``bias=False`` the conv's bias is handed back instead of added, so
         the next kernel adds it in a pass it makes anyway (kernels.fused); a copy when it came from a weight
-        source's loan (ComfyUI's cast buffers may be reused once the loan ends)."""
+        source's loan (ComfyUI's cast buffers may be reused once the loan ends). ``weights``: a (weight,
+        bias) the caller derived and keeps (kernels.channel_pad), used instead of the module's."""
         r = self.r
         py = max(r - (out.y0 - inr.y0), r - (inr.y1 - out.y1))
         px = max(r - (out.x0 - inr.x0), r - (inr.x1 - out.x1))
-        with ctx.weights(self.key, self.module_ref(), as_3d=True) as (w, b):
+        with (nullcontext(weights) if weights is not None else ctx.weights(self.key, self.module_ref(), as_3d=True)) as (w, b):
             y = F.conv3d(x, w, b if bias else None, padding=(0, py, px))
-            later = None if bias or b is None else (b if ctx.source is None else b.to(torch.float32, copy=True))
+            loaned = weights is None and ctx.source is not None
+            later = None if bias or b is None else (b.to(torch.float32, copy=True) if loaned else b)
         # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
         got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
         return crop(y, got, out), later

@@ -18,6 +18,7 @@ import torch
 
 from ..ops import Conv, ExecContext, NormAct, Op, Seq, TileState
 from ..rect import Rect, crop
+from .channel_pad import padded_channels, padded_weights
 from .memo import memo
 from .norm_act import norm_act
 
@@ -102,22 +103,27 @@ class NormConv(Op):
         x = crop(x, have, inr)
         g, bias = norm_params(self.norm, ctx)
         lead = self.conv.kt - 1
-        if lead == 0:
-            y = norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep)
-            return self._conv(y, inr, out, ctx)
         b, c, t, h, w = x.shape
-        buf = ctx.empty((b, c, lead + t, h, w))
+        width = padded_channels(c, ctx.device)
+        if lead == 0 and width == c:
+            y = norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep)
+            return self._conv(y, inr, out, ctx, width)
+        buf = ctx.empty((b, width, lead + t, h, w))
+        if width > c:
+            buf[:, c:].zero_()  # the zero channels the padded weights multiply (channel_pad)
         saved = st.get(self.conv.key)
-        if saved is None:
-            buf[:, :, :lead].zero_()
-        else:
-            buf[:, :, :lead].copy_(crop(saved[0], saved[1], inr))
-        norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep, out=buf[:, :, lead:])
-        st.put(self.conv.key, (buf[:, :, -lead:].clone(), inr))
-        return self._conv(buf, inr, out, ctx)
+        if lead and saved is None:
+            buf[:, :c, :lead].zero_()
+        elif lead:
+            buf[:, :c, :lead].copy_(crop(saved[0], saved[1], inr))
+        norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep, out=buf[:, :c, lead:])
+        if lead:
+            st.put(self.conv.key, (buf[:, :c, -lead:].clone(), inr))
+        return self._conv(buf, inr, out, ctx, width)
 
-    def _conv(self, buf, inr: Rect, out: Rect, ctx: ExecContext):
-        y, later = self.conv.convolve(buf, inr, out, ctx, bias=not self.defer_bias)
+    def _conv(self, buf, inr: Rect, out: Rect, ctx: ExecContext, width: int):
+        padded = padded_weights(ctx, self.conv, width) if width > self.conv.cin else None
+        y, later = self.conv.convolve(buf, inr, out, ctx, bias=not self.defer_bias, weights=padded)
         return PendingSum(y, pre=later, keep=self.keep_pending) if later is not None else y
 
 
