@@ -84,7 +84,7 @@ class Conv(Op):
         with (nullcontext(weights) if weights is not None else ctx.weights(self.key, self.module_ref(), as_3d=True)) as (w, b):
             y = F.conv3d(x, w, b if bias else None, padding=(0, py, px))
             loaned = weights is None and ctx.source is not None
-            later = None if bias or b is None else (b.to(torch.float32, copy=True) if loaned else b)
+            later = None if bias or b is None else (b.clone() if loaned else b)
         # the padded output covers inr grown by the padding, less the kernel reach, clipped below by nothing
         got = Rect(inr.y0 - py + r, inr.y1 + py - r, inr.x0 - px + r, inr.x1 + px - r)
         return crop(y, got, out), later

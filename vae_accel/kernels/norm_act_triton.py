@@ -108,7 +108,10 @@ def launch(x, g, bias, add, out, act: bool, pre=None, store_sum: bool = True) ->
     block_c, block_p, warps = block_sizes(c, n_pix)
     summed = store_sum and (add is not None or pre is not None)
     kernel()[(triton.cdiv(n_pix, block_p),)](
-        x, add if add is not None else x, pre if pre is not None else g, g, bias if bias is not None else g, out,
+        # absent tensors are stood in for by ones of the dtype they have when present (x's for the
+        # residual and the conv bias, float32 for the norm's bias): a pointer's dtype is part of the
+        # binary's key, so any other stand-in would compile a second variant
+        x, add if add is not None else x, pre if pre is not None else x, g, bias if bias is not None else g, out,
         n_pix, t, h, w, *s[0][:4], *s[1][:4], *s[2][:4], s[0][4], s[1][4], s[2][4], c,
         int(add is not None), int(pre is not None), int(bias is not None), int(act), int(summed),
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
