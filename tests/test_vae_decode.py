@@ -273,3 +273,29 @@ def test_conv_autotune_holds_only_inside_the_call(run):
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.parametrize("in_ch,out_ch,ft", [(8, 8, 2), (8, 4, 1), (4, 4, 1), (2, 4, 2)])
+@pytest.mark.parametrize("out", [(0, 8, 0, 10), (1, 7, 3, 9), (2, 5, 1, 4), (3, 4, 0, 10)])
+def test_dup_up_added_as_a_view_equals_the_built_shortcut(in_ch, out_ch, ft, out):
+    """Wan 2.2's upsampling shortcut added into the main path without building it (whole 2x2 blocks as a
+    broadcast view, strips and channel groupings a view cannot express the plain way) equals adding the
+    built one, for aligned and odd rectangles and every grouping Wan 2.2 uses (and one it does not)."""
+    from wan_accel.vae_accel.context import ExecContext, TileState
+    from wan_accel.vae_accel.op_resample import DupUp
+    from wan_accel.vae_accel.rect import Rect
+
+    op = DupUp(in_ch, out_ch, ft, 2)
+    op.key = 0
+    ctx = ExecContext(torch.device("cpu"), torch.float32)
+    size, out = (4, 5), Rect(*out)
+    have = op.need(out, size)
+    x = torch.randn(1, in_ch, 3, have.height, have.width)
+    y = torch.randn(1, out_ch, 3 * ft, out.height, out.width)
+    done = TileState({0: True})  # a later chunk: the first one drops frames and takes the plain path
+    want = y + op.run(x, have, out, size, done, ctx)
+    got = op.add_into(y.clone(), x, have, out, size, done, ctx)
+    assert torch.equal(got, want)
+    assert (op.block_view(x) is None) == (op.repeats not in (1, 2, 4, 4 * ft))
+    y = y[:, :, ft - 1 :]  # the first chunk keeps the last of its first frame's ft frames
+    assert torch.equal(op.add_into(y.clone(), x, have, out, size, TileState(), ctx), y + op.run(x, have, out, size, TileState(), ctx))

@@ -169,6 +169,9 @@ class AddShortcut(Op):
         inr = self.need(out, size)
         x = crop(x, have, inr)
         y = self.main.run(x, inr, out, size, st, ctx)
+        add_into = getattr(self.shortcut, "add_into", None)  # DupUp adds itself without being built
+        if add_into is not None:
+            return add_into(y, x, inr, out, size, st, ctx)
         return y.add_(self.shortcut.run(x, inr, out, size, st, ctx))
 
     def halo(self):
