@@ -20,7 +20,7 @@ from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
 from .op_base import Seq
 from .kernels.rewrite import accelerated
-from .planner import Plan, plan_decode
+from .planner import Plan, decode_calibration, plan_decode
 from .progress import make_progress
 from .run_options import RunOptions, check_layout
 from .rect import Rect
@@ -89,7 +89,8 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
 
 def _plan(graph: DecoderGraph, shape, ctx: ExecContext, o: RunOptions, devices) -> Plan:
     budget_bytes = multi_device.shared_budget(devices, "decode", o.budget_bytes, ctx.device)
-    plan = plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len)
+    plan = plan_decode(graph.up, tuple(shape[-2:]), shape[2], element_size(ctx.dtype), budget_bytes, o.tile, o.slice_len,
+                       calibration=decode_calibration(graph.version))
     return multi_device.plan_for_devices(plan, graph.up, tuple(shape[-2:]), len(devices), element_size(ctx.dtype))
 
 
