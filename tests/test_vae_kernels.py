@@ -383,7 +383,9 @@ def test_zero_padded_input_channels_give_the_same_decode_and_encode(accelerated_
     x = _rand(1, 3, 5, 24, 32, seed=26).clamp(-1, 1)
     with torch.no_grad():
         ref = model.encode(x).latent_dist.mean
+    widths.clear()
     assert (encode(model, x, tile=2, slice_len=1, progress=False) - ref).abs().max().item() <= TOL
+    assert (3, 16) in widths  # the colour channels' conv ran at 16 channels
 
 
 def test_accelerated_wan22_decode_is_exact(accelerated_decode):

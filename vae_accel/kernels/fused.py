@@ -127,6 +127,44 @@ class NormConv(Op):
         return PendingSum(y, pre=later, keep=self.keep_pending) if later is not None else y
 
 
+class ThinInputConv(Op):
+    """A conv whose input is a few channels wide (the encoder's colour channels), run over a copy of its
+    causal input zero-padded in channels where that is faster (channel_pad), else the conv itself. Its
+    cached frames are the conv's own (same key, same tensors), so tiles and retries see the same state."""
+
+    def __init__(self, conv: Conv):
+        self.conv, self.key = conv, conv.key
+
+    def children(self):
+        return [self.conv]
+
+    def need(self, out: Rect, size) -> Rect:
+        return self.conv.need(out, size)
+
+    def halo(self) -> float:
+        return self.conv.halo()
+
+    def run(self, x, have: Rect, out: Rect, size, st: TileState, ctx: ExecContext):
+        width = padded_channels(x.shape[1], ctx.device)
+        if width == x.shape[1]:
+            return self.conv.run(x, have, out, size, st, ctx)
+        inr = self.need(out, size)
+        x = crop(x, have, inr)
+        b, c, t, h, w = x.shape
+        lead = self.conv.kt - 1
+        buf = ctx.empty((b, width, lead + t, h, w))
+        buf[:, c:].zero_()
+        saved = st.get(self.conv.key)
+        if lead and saved is None:
+            buf[:, :c, :lead].zero_()
+        elif lead:
+            buf[:, :c, :lead].copy_(crop(saved[0], saved[1], inr))
+        buf[:, :c, lead:].copy_(x)
+        if lead:
+            st.put(self.conv.key, (buf[:, :c, -lead:].clone(), inr))
+        return self.conv.convolve(buf, inr, out, ctx, weights=padded_weights(ctx, self.conv, width))[0]
+
+
 def accepts_pending(op: Op) -> bool:
     """Whether ``op.run`` takes a :class:`PendingSum` input."""
     return bool(getattr(op, "accepts_pending", False))

@@ -2,6 +2,7 @@
 
 - ``Upsample2x`` then a 3x3 ``Conv`` -> :class:`~.subpixel.SubPixelConv`;
 - ``NormAct`` then ``Conv`` -> :class:`~.fused.NormConv` (norm into the causal buffer);
+- a ``Conv`` with a thin input (the encoder's colour channels) -> :class:`~.fused.ThinInputConv`;
 - ``ResBlock`` -> :class:`~.fused.FusedResBlock`, its residual add deferred into the next op
   when that op takes a pending sum;
 - a conv's bias (of a NormConv or SubPixelConv, and of each block's last conv) deferred into the
@@ -16,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..ops import AddShortcut, Conv, NormAct, Op, ResBlock, Seq, Upsample2x
-from .fused import FusedResBlock, NormConv, accepts_pending
+from .channel_pad import THIN
+from .fused import FusedResBlock, NormConv, ThinInputConv, accepts_pending
 from .subpixel import SubPixelConv
 
 
@@ -67,6 +69,9 @@ def _rewrite_list(ops, choice: KernelChoice) -> list[Op]:
         elif choice.norm_conv and isinstance(op, NormAct) and isinstance(nxt, Conv):
             out.append(NormConv(op, nxt))
             i += 2
+        elif choice.norm_conv and type(op) is Conv and op.cin <= THIN:
+            out.append(ThinInputConv(op))
+            i += 1
         else:
             out.append(_rewrite(op, choice))
             i += 1
