@@ -22,8 +22,8 @@ DECODE_CALIBRATION = 0.76
 ENCODE_CALIBRATION = 1.2
 # Wan 2.2's decoder peaks lower against this model than Wan 2.1's (H200, the kernels path, bf16, 81 frames
 # 704x1280, extra GiB measured against estimated: three bands 4.18 / 5.99, two 5.4 / 7.01, the whole frame
-# 9.17 / 10.22; bench/results/vae_kernels_h200.json). 0.9 keeps each at or under its estimate and lets the
-# two bands fit an 8 GiB budget (1.08x faster than three).
+# 9.17 / 10.22; bench/results/vae_kernels_dupup_h200.json, profile_vae_wan22_budgets_h200.json). 0.9 keeps
+# each at or under its estimate and lets the two bands fit an 8 GiB budget (1.08x faster than three).
 VERSION_SCALE = {"2.2": 0.9}
 SAFETY = 0.85  # share of the budget the estimate may use
 MIN_TILE = 8  # latent pixels; below this the halo dominates and we stop splitting
