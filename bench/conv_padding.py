@@ -10,7 +10,6 @@ Median milliseconds of each form, and each form's max difference from the plain 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F

@@ -72,6 +72,30 @@ def norm_params(norm: NormAct, ctx: ExecContext):
     return memo(ctx, ("norm", norm.key), make)
 
 
+def causal_buffer(conv: Conv, shape, width: int, inr: Rect, st: TileState, ctx: ExecContext) -> torch.Tensor:
+    """``conv``'s input buffer for ``shape`` (b, c, t, h, w) new frames: ``width`` channels (those past c
+    zero, for channel_pad's padded weights), the conv's kt - 1 cached frames in front (zeros before the
+    first slice). The caller writes the new frames after them, then calls :func:`keep_frames`."""
+    b, c, t, h, w = shape
+    lead = conv.kt - 1
+    buf = ctx.empty((b, width, lead + t, h, w))
+    if width > c:
+        buf[:, c:].zero_()
+    saved = st.get(conv.key) if lead else None
+    if lead and saved is None:
+        buf[:, :c, :lead].zero_()
+    elif lead:
+        buf[:, :c, :lead].copy_(crop(saved[0], saved[1], inr))
+    return buf
+
+
+def keep_frames(conv: Conv, buf: torch.Tensor, c: int, inr: Rect, st: TileState) -> None:
+    """Stage the buffer's last kt - 1 frames (its first ``c`` channels) as the conv's cache, as ``Conv`` does."""
+    lead = conv.kt - 1
+    if lead:
+        st.put(conv.key, (buf[:, :c, -lead:].clone(), inr))
+
+
 class NormConv(Op):
     """``Seq([norm, conv])`` where the norm writes into the conv's causal input buffer. With ``defer_bias``
     the conv's bias is left to the next op (a :class:`PendingSum`, kept when ``keep_pending``)."""
@@ -103,22 +127,14 @@ class NormConv(Op):
         x = crop(x, have, inr)
         g, bias = norm_params(self.norm, ctx)
         lead = self.conv.kt - 1
-        b, c, t, h, w = x.shape
+        c = x.shape[1]
         width = padded_channels(c, ctx.device)
         if lead == 0 and width == c:
             y = norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep)
             return self._conv(y, inr, out, ctx, width)
-        buf = ctx.empty((b, width, lead + t, h, w))
-        if width > c:
-            buf[:, c:].zero_()  # the zero channels the padded weights multiply (channel_pad)
-        saved = st.get(self.conv.key)
-        if lead and saved is None:
-            buf[:, :c, :lead].zero_()
-        elif lead:
-            buf[:, :c, :lead].copy_(crop(saved[0], saved[1], inr))
+        buf = causal_buffer(self.conv, x.shape, width, inr, st, ctx)
         norm_act(x, g, bias, act=self.norm.act, add=add, pre=pre, store_sum=keep, out=buf[:, :c, lead:])
-        if lead:
-            st.put(self.conv.key, (buf[:, :c, -lead:].clone(), inr))
+        keep_frames(self.conv, buf, c, inr, st)
         return self._conv(buf, inr, out, ctx, width)
 
     def _conv(self, buf, inr: Rect, out: Rect, ctx: ExecContext, width: int):
@@ -150,18 +166,10 @@ class ThinInputConv(Op):
             return self.conv.run(x, have, out, size, st, ctx)
         inr = self.need(out, size)
         x = crop(x, have, inr)
-        b, c, t, h, w = x.shape
-        lead = self.conv.kt - 1
-        buf = ctx.empty((b, width, lead + t, h, w))
-        buf[:, c:].zero_()
-        saved = st.get(self.conv.key)
-        if lead and saved is None:
-            buf[:, :c, :lead].zero_()
-        elif lead:
-            buf[:, :c, :lead].copy_(crop(saved[0], saved[1], inr))
-        buf[:, :c, lead:].copy_(x)
-        if lead:
-            st.put(self.conv.key, (buf[:, :c, -lead:].clone(), inr))
+        c = x.shape[1]
+        buf = causal_buffer(self.conv, x.shape, width, inr, st, ctx)
+        buf[:, :c, self.conv.kt - 1 :].copy_(x)
+        keep_frames(self.conv, buf, c, inr, st)
         return self.conv.convolve(buf, inr, out, ctx, weights=padded_weights(ctx, self.conv, width))[0]
 
 
