@@ -14,21 +14,16 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import write_json
+from _common import load_wan_accel, write_json
 
 
 def median_ms(fn, reps: int = 15) -> float:
+    """Median CUDA-event milliseconds after one untimed call (the attention tuner's timer)."""
+    from wan_accel.attention.triton_q8_tune import time_ms
+
     fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return time_ms(fn, reps)
 
 
 def pad_channels(t: torch.Tensor, dim: int, to: int) -> torch.Tensor:
@@ -45,6 +40,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench/results/conv_padding.json")
     a = p.parse_args()
+    load_wan_accel()
     dev, dt = torch.device("cuda"), torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}

@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from _common import Timer, load_wan_accel, write_json
-from vae_kernels import CPU_SIZE, DEFAULT_COMFY, WORKLOADS, build_module, inputs, start_comfy
+from _common import Timer, write_json
+from vae_kernels import CPU_SIZE, DEFAULT_COMFY, WORKLOADS, build_module, inputs, start
 
 # kernel-name fragments -> kind, first match wins (cuDNN/CUTLASS conv kernels carry many names)
 KINDS = (
@@ -204,10 +204,7 @@ def main():
     a = parse()
     started = time.perf_counter()
     res = {"args": vars(a), "torch": torch.__version__}
-    comfy = start_comfy(a, res)
-    load_wan_accel()
-    dev = torch.device("cuda" if torch.cuda.is_available() and not a.cpu_check else "cpu")
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    comfy, dev, dtype = start(a, res)
     if a.fresh_child:
         return fresh_child(a, dev, dtype, comfy)
     res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"

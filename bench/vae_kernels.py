@@ -96,6 +96,15 @@ def start_comfy(a, res) -> bool:
     return True
 
 
+def start(a, res) -> tuple[bool, torch.device, torch.dtype]:
+    """ComfyUI (or not: ``a.comfy``), this package, and the device and dtype the VAE benches run on
+    (bf16 on CUDA; float32 on the CPU, or with ``a.cpu_check``)."""
+    comfy = start_comfy(a, res)
+    load_wan_accel()
+    dev = torch.device("cuda" if torch.cuda.is_available() and not a.cpu_check else "cpu")
+    return comfy, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+
+
 def build_module(version: str, comfy: bool) -> torch.nn.Module:
     """The VAE's module tree at its real widths, random weights (ComfyUI's classes, else diffusers')."""
     if comfy:
@@ -332,10 +341,7 @@ def main():
     failed = os.environ.get("WAN_ACCEL_BENCH_COMFY_FAILED")
     if failed:
         res["comfyui_failed"] = failed.splitlines()
-    comfy = start_comfy(a, res)
-    load_wan_accel()
-    dev = torch.device("cuda" if torch.cuda.is_available() and not a.cpu_check else "cpu")
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    comfy, dev, dtype = start(a, res)
     if a.first_call:
         return first_call_child(a, dev, dtype, comfy)
     res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
