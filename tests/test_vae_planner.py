@@ -100,3 +100,20 @@ def test_planner_refuses_nonsense_instead_of_planning_it(kw):
     args = dict(budget_bytes=2**30) | kw
     with pytest.raises(ValueError, match="must be"):
         plan_decode(UP, (20, 20), 5, 2, args.pop("budget_bytes"), **args)
+
+
+def test_wan22_decode_plans_with_its_own_measured_factor():
+    """A Wan 2.2 decode plans at 0.9 of the Wan 2.1 factor (its peaks measured lower against the model):
+    the plan the engine makes carries that estimate, and a Wan 2.1 decode keeps the plain factor."""
+    from wan_fixtures import wan22
+
+    from wan_accel.vae_accel import decode_plan
+    from wan_accel.vae_accel.planner import DECODE_CALIBRATION, VERSION_SCALE
+
+    assert VERSION_SCALE == {"2.2": 0.9}
+    for model, shape, version in ((wan22(), (1, 48, 5, 12, 16), "2.2"), (wan21(), (1, 16, 5, 12, 16), "2.1")):
+        budget = 64 * 2**20
+        plan = decode_plan(model, shape, budget_bytes=budget)
+        up = build_decoder(model).up
+        plain = estimate_bytes(up, plan.tile_h, plan.tile_w, plan.slice_len, 4, calibration=DECODE_CALIBRATION)
+        assert plan.est_bytes == pytest.approx(plain * VERSION_SCALE.get(version, 1.0), rel=1e-6, abs=1)
