@@ -72,8 +72,6 @@ def summarise(prof, wall_s: float, top: int) -> dict:
     """Kernel time by kind, the top kernels, convolutions by shape, host ops by self time."""
     events = prof.key_averages()
     kernels = [e for e in events if device_time(e) > 0 and e.device_type == torch.autograd.DeviceType.CUDA]
-    if not kernels:  # the CPU: only host time exists
-        kernels = []
     kinds: dict[str, float] = {}
     for e in kernels:
         kinds[kind_of(e.key)] = kinds.get(kind_of(e.key), 0.0) + device_time(e) / 1e3
@@ -156,14 +154,23 @@ def best_of(dev, fn, n: int) -> dict:
     return min(runs, key=lambda r: r["s"])
 
 
-def parse_variants(spec: str):
+def parse_variants(spec: str) -> list[tuple[str, dict]]:
+    """'workload:opt=v,opt=v;...' -> [(workload, {opt: value})]; a bad item stops the bench naming the form."""
+    out = []
     for item in filter(None, (s.strip() for s in spec.split(";"))):
         name, _, opts = item.partition(":")
         kv = {}
-        for pair in filter(None, opts.split(",")):
-            k, _, v = pair.partition("=")
-            kv[k] = float(v) if k == "budget_gib" else (v.lower() == "true" if v.lower() in ("true", "false") else int(v))
-        yield name, kv
+        try:
+            if name not in WORKLOADS:
+                raise ValueError(f"unknown workload {name!r}")
+            for pair in filter(None, opts.split(",")):
+                k, _, v = pair.partition("=")
+                kv[k] = float(v) if k == "budget_gib" else (v.lower() == "true" if v.lower() in ("true", "false") else int(v))
+        except ValueError as exc:
+            raise SystemExit(f"--variants {item!r}: {exc}; expected 'workload:opt=value,...' with a workload of "
+                             f"{', '.join(WORKLOADS)} and integer, true/false or (budget_gib) decimal values")
+        out.append((name, kv))
+    return out
 
 
 def fresh_child(a, dev, dtype, comfy):
@@ -202,15 +209,15 @@ def fresh(a) -> dict:
 
 def main():
     a = parse()
+    variants: dict[str, list] = {}
+    for name, kv in parse_variants(a.variants):  # before ComfyUI boots: a typo stops at once
+        variants.setdefault(name, []).append(kv)
     started = time.perf_counter()
     res = {"args": vars(a), "torch": torch.__version__}
     comfy, dev, dtype = start(a, res)
     if a.fresh_child:
         return fresh_child(a, dev, dtype, comfy)
     res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    variants: dict[str, list] = {}
-    for name, kv in parse_variants(a.variants):
-        variants.setdefault(name, []).append(kv)
     for name in a.workloads.split(","):
         kind, model, native, x = setup(name, a, dev, dtype, comfy)
         row = res.setdefault(name, {})
