@@ -58,6 +58,7 @@ def parse():
     p.add_argument("--cpu-check", action="store_true", help="tiny sizes on the CPU in fp32, one warm call, no time budget; "
                                                              "fails unless ours is exact")
     p.add_argument("--first-call", help=argparse.SUPPRESS)  # internal: "workload:config", one call in this fresh process
+    p.add_argument("--fresh-only", help="comma list of fresh-process labels to run (default: all)")
     p.add_argument("--out", default="bench/results/vae_kernels.json")
     a = p.parse_args()
     if a.cpu_check:
@@ -259,9 +260,24 @@ def ratios(row):
 # ------------------------------------------------------------------ first call of a fresh process
 
 
+def cubins() -> int:
+    """Binaries in Triton's on-disk cache: how many kernel variants this machine has compiled."""
+    root = os.environ.get("TRITON_CACHE_DIR", "")
+    return sum(f.endswith(".cubin") for _, _, files in os.walk(root) for f in files) if root else -1
+
+
 def first_call_child(a, dev, dtype, comfy):
-    """In the child: build everything untimed, then time one call of one configuration; one JSON line."""
+    """In the child: build everything untimed, then time one call of one configuration; one JSON line.
+    ``+warmup``: the kernel warm-up starts first, as ComfyUI starts it when it loads our nodes, and the call
+    comes once it has ended; the JSON says how long it took and what the call still compiled."""
     name, config = a.first_call.split(":")
+    warm = config.endswith("+warmup")
+    config = config.removesuffix("+warmup")
+    started = time.perf_counter()
+    if warm:
+        from wan_accel.nodes import kernel_warmup  # what ComfyUI's loading of the package runs
+
+        kernel_warmup.setup()
     kind, version, frames, h, w = WORKLOADS[name]
     if a.cpu_check:
         frames, h, w = CPU_SIZE
@@ -274,16 +290,32 @@ def first_call_child(a, dev, dtype, comfy):
 
         native = comfy.sd.VAE(sd=fp32.state_dict())
     fn = configurations(kind, model, native, x_engine)[config]
+    extra = {}
+    if warm:
+        from wan_accel.vae_accel import warmup
+
+        thread = warmup._running  # noqa: SLF001 - bench introspection
+        extra = {"warmup_running_when_built": thread is not None and thread.is_alive(),
+                 "built_after_s": round(time.perf_counter() - started, 3)}
+        if thread is not None:
+            thread.join()  # as in ComfyUI, where the first decode comes minutes after start-up (warmup.wait would stop it)
+    before = cubins()
     _, stats = timed_call(dev, fn)  # native's includes ComfyUI moving the weights to the GPU, as in a real first run
-    print(json.dumps(stats))
+    if warm:
+        extra["warmup"] = dict(warmup.last_result)
+    print(json.dumps({**stats, **extra, "cubins_compiled_in_call": cubins() - before, "cubins_total": cubins()}))
 
 
 def fresh_processes(a, comfy):
-    runs, cache = {}, tempfile.mkdtemp(prefix="triton_cold_")
+    runs, cache, cold = {}, tempfile.mkdtemp(prefix="triton_cold_"), tempfile.mkdtemp(prefix="triton_cold_warmed_")
     plan = ([("native", "native", None)] if comfy else []) + [
         ("ours_plain", "ours_plain", None), ("ours_kernels_empty_triton_cache", "ours_kernels", cache),
         ("ours_kernels_warm_triton_cache", "ours_kernels", cache),
         ("ours_autotune_warm_triton_cache", "ours_autotune", cache)]
+    if comfy:  # the warm-up ComfyUI starts when it loads the nodes (nodes/kernel_warmup.py), on an empty cache
+        plan.append(("ours_kernels_empty_triton_cache_warmup_at_load", "ours_kernels+warmup", cold))
+    if a.fresh_only:
+        plan = [row for row in plan if row[0] in a.fresh_only.split(",")]
     for label, config, triton_cache in plan:
         cmd = [sys.executable, os.path.abspath(__file__), f"--first-call=decode21:{config}", f"--comfy={a.comfy}"]
         cmd += ["--cpu-check"] if a.cpu_check else []

@@ -5,10 +5,10 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_nodes, telemetry_server, vae_nodes
+from . import attention_nodes, kernel_warmup, telemetry_server, vae_nodes
 
 NODE_MODULES = (vae_nodes, attention_nodes)
-_FEATURE_MODULES = NODE_MODULES + (telemetry_server,)  # each may have a one-time setup()
+_FEATURE_MODULES = NODE_MODULES + (telemetry_server, kernel_warmup)  # each may have a one-time setup()
 log = logging.getLogger("wan_accel")
 
 

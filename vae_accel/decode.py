@@ -15,7 +15,7 @@ import logging
 import torch
 
 from ..telemetry.phases import note, phase
-from . import multi_device, stem_split
+from . import multi_device, stem_split, warmup
 from .adapters import DecoderGraph, build_decoder, cached_graph, find_module
 from .context import ExecContext
 from .op_base import Seq
@@ -51,6 +51,7 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     """
     check_layout(layout)
     o = RunOptions.of(options, **option_changes)
+    warmup.wait()  # a kernel warm-up still running ends its current pass and stops: no compiling side by side
     graph = decoder_graph(vae, o.kernels)
     ctx = o.context(find_module(vae))
     latent = check_latent(latent, graph.latent_channels)

@@ -13,7 +13,7 @@ import logging
 import torch
 
 from ..telemetry.phases import note, phase
-from . import multi_device
+from . import multi_device, warmup
 from .adapters import EncoderGraph, build_encoder, cached_graph, find_module
 from .kernels.rewrite import accelerated
 from .planner import plan_encode
@@ -48,6 +48,7 @@ def encode(vae, video: torch.Tensor, options: RunOptions | None = None, *, layou
     """
     check_layout(layout)
     o = RunOptions.of(options, **option_changes)
+    warmup.wait()  # a kernel warm-up still running ends its current pass and stops: no compiling side by side
     graph = encoder_graph(vae, o.kernels)
     ctx = o.context(find_module(vae))
     video = check_video(video, graph.in_channels, graph.space_factor, layout, finite=False)
@@ -194,6 +195,8 @@ def _run_tail(graph: EncoderGraph, features, out, b: int, k: int, ctx, bar, faul
 
     def step(f0, f1, state):
         x = features[f0:f1].to(ctx.device, non_blocking=True).transpose(0, 1).unsqueeze(0)
+        if ctx.channels_last:  # as every tile's input: the norm kernel's vector loads, one binary for all sizes
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         y = graph.tail.run(x, full, full, (h, w), state, ctx)
         out[b, :, f0:f1] = y[0].float().to("cpu")
 
