@@ -4,9 +4,11 @@ Wan 2.1 VAE (dim 96) at 81 and 161 frames of 1216x832 and the Wan 2.2 VAE at 81 
 random weights of the real architecture, bf16. Per case and per side: seconds of the first call (the
 other GPUs' first touch: weights copied, kernels chosen) and a warm call, peak memory allocated per
 device, the plan's tiles; the multi-GPU frames' max abs difference from the one-GPU frames (0 when both
-run the same tiles: ``same_tiles``), the stem on the first GPU (``split_stem=False``). ``--split-stem`` adds a
-third side, the default since it was measured: the tiles dealt as before and the stem split by rows over
-the GPUs too (RunOptions.split_stem), with its difference from one GPU. Writes JSON.
+run the same tiles: ``same_tiles``), the stem on the first GPU (the default). ``--split-stem`` adds a
+third side: the tiles dealt as before and the stem split by rows over the GPUs too (RunOptions.split_stem,
+the default until the fast kernels made the stem 0.08 s), with its difference from one GPU. Each call also
+says where its time went (phases, and per device its tiles, seconds and thread CPU seconds); ``--tune``
+then repeats the first case with each knob of TUNINGS. Writes JSON.
 
     python bench/vae_multi_gpu.py --comfy /path/to/ComfyUI --out bench/results/vae_multi_gpu.json
     python bench/vae_multi_gpu.py --cpu-check --out /tmp/vae_multi_gpu_cpu.json   # tiny, two CPU workers
@@ -17,6 +19,7 @@ diffusers' where no ComfyUI is given.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -54,21 +57,47 @@ def synced(devices) -> None:
 
 
 def call(fn, devices) -> tuple[torch.Tensor, dict]:
-    """One timed call: seconds and the peak memory allocated on each device (GiB)."""
+    """One timed call: seconds, the peak memory allocated on each device (GiB), and where the time went:
+    the engine's phases (stem, tiles, copies, the other devices' set-up and release, seconds summed) and
+    each device's share (tiles, seconds, CPU seconds of its thread)."""
     import gc
 
+    from wan_accel.telemetry import phases
+
+    events: list = []
+    phases.add_listener(events.append)
     gc.collect()
     for d in dict.fromkeys(devices):
         if d.type == "cuda":
             torch.cuda.synchronize(d)
             torch.cuda.reset_peak_memory_stats(d)
-    t0 = time.perf_counter()
-    out = fn()
-    synced(devices)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    try:
+        out = fn()
+        synced(devices)
+    finally:
+        phases.remove_listener(events.append)
     seconds = time.perf_counter() - t0
     peaks = {str(d): round(torch.cuda.max_memory_allocated(d) / 2**30, 3) for d in dict.fromkeys(devices)
              if d.type == "cuda"}
-    return out, {"s": round(seconds, 3), "peak_gib": peaks}
+    spent: dict = {}
+    for e in events:
+        if e["kind"] == "phase" and e["name"].startswith("vae."):
+            spent[e["name"]] = round(spent.get(e["name"], 0.0) + e["seconds"], 3)
+    shares = [{k: e[k] for k in ("device", "tiles", "steps", "seconds", "cpu_seconds") if k in e}
+              for e in events if e["name"] == "vae.device"]
+    return out, {"s": round(seconds, 3), "process_cpu_s": round(time.process_time() - cpu0, 3), "peak_gib": peaks,
+                 "phases_s": spent, **({"devices": shares} if shares else {})}
+
+
+WARM_CALLS = 2  # warm calls per side; the fastest is kept (one GPU's time moved by up to 3 % between calls)
+
+
+def best(fn, devices) -> dict:
+    """The fastest of WARM_CALLS warm calls, with every call's seconds."""
+    calls = [call(fn, devices)[1] for _ in range(WARM_CALLS)]
+    fastest = min(calls, key=lambda c: c["s"])
+    return {**fastest, "all_s": [c["s"] for c in calls]}
 
 
 def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool, split_stem: bool = False) -> dict:
@@ -95,9 +124,9 @@ def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool,
         return decode(model, z, dtype=dtype, progress=False, devices=devices, split_stem=False, **extra)
 
     ref, row["one_first"] = call(one, [main])
-    _, row["one_warm"] = call(one, [main])
+    row["one_warm"] = best(one, [main])
     out, row["many_first"] = call(many, devices)
-    _, row["many_warm"] = call(many, devices)
+    row["many_warm"] = best(many, devices)
     row["max_abs_diff"] = (out.float() - ref.float()).abs().max().item()
     row["bitwise_equal"] = bool(torch.equal(out, ref))
     row["speedup_warm"] = round(row["one_warm"]["s"] / row["many_warm"]["s"], 3)
@@ -107,11 +136,49 @@ def run_case(version: str, frames: int, size, model, devices, dtype, tiny: bool,
             return decode(model, z, dtype=dtype, progress=False, devices=devices, split_stem=True, **extra)
 
         out, row["split_first"] = call(split, devices)
-        _, row["split_warm"] = call(split, devices)
+        row["split_warm"] = best(split, devices)
         row["split_max_abs_diff"] = (out.float() - ref.float()).abs().max().item()
         row["split_speedup_warm"] = round(row["one_warm"]["s"] / row["split_warm"]["s"], 3)
     print(row, flush=True)
     return row
+
+
+TUNINGS = {  # name -> what it changes for both sides: ("switch", Python's thread switch interval) or ("option", name, value)
+    "switch_interval_0.5ms": ("switch", 0.0005),
+    "slice_len_2": ("option", "slice_len", 2),
+    "layout_comfy": ("option", "layout", "comfy"),  # what the nodes ask for: one copy per frame, not per channel
+}
+# A pure-Python thread beside a one-GPU decode was tried too: it stalled the decode past 150 s (alone 2.1 s),
+# so the decode's thread needs the GIL all the time (bench/results/vae_multi_gpu_tune_2xh200.json).
+
+
+def tune(version: str, frames: int, size, model, devices, dtype) -> dict:
+    """The first case's one-GPU and all-GPU warm calls with each knob of TUNINGS set alone (best of
+    WARM_CALLS each, in this process, after the case itself warmed everything up)."""
+    from wan_accel.vae_accel import decode
+
+    sf, channels = (8, 16) if version == "wan2.1" else (16, 48)
+    H, W = size
+    z = torch.randn(1, channels, (frames - 1) // 4 + 1, H // sf, W // sf, generator=torch.Generator().manual_seed(frames))
+    out = {}
+    for label in ["default", *TUNINGS]:
+        knob = TUNINGS.get(label, ("none",))
+        options, switch = {}, sys.getswitchinterval()
+        if knob[0] == "switch":
+            sys.setswitchinterval(knob[1])
+        elif knob[0] == "option":
+            options[knob[1]] = knob[2]
+        try:
+            one = best(lambda: decode(model, z, dtype=dtype, progress=False, **options), devices[:1])
+            many = best(lambda: decode(model, z, dtype=dtype, progress=False, devices=devices, **options), devices)
+        finally:
+            sys.setswitchinterval(switch)
+        row = {"one_s": one["s"], "one_phases_s": one["phases_s"], "many_s": many["s"],
+               "speedup": round(one["s"] / many["s"], 3), "many_phases_s": many["phases_s"],
+               "many_devices": many.get("devices"), "many_peak_gib": many["peak_gib"]}
+        out[label] = row
+        print("tune", label, row, flush=True)
+    return out
 
 
 def main() -> None:
@@ -120,6 +187,8 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/vae_multi_gpu.json")
     p.add_argument("--cpu-check", action="store_true", help="tiny CPU run: small VAEs, two CPU workers, float32")
     p.add_argument("--split-stem", action="store_true", help="also the stem split by rows over the GPUs")
+    p.add_argument("--tune", action="store_true", help="then the first case again with each knob of TUNINGS")
+    p.add_argument("--tune-only", action="store_true", help="--tune without the cases before it")
     a = p.parse_args()
     load_comfy(a.comfy)
     load_wan_accel()
@@ -141,11 +210,17 @@ def main() -> None:
     res["runs"] = []
     models = {}
     t0 = time.perf_counter()
-    for version, frames, size in cases:
+    for version, frames, size in [] if a.tune_only else cases:
         if version not in models:
             models.clear()  # one full-size VAE at a time on the main GPU
             models[version] = wan_vae(version, bool(a.comfy), a.cpu_check).to(devices[0], dtype)
         res["runs"].append(run_case(version, frames, size, models[version], devices, dtype, a.cpu_check, a.split_stem))
+        write_json(a.out, res)  # a run cut short keeps what ran
+    if a.tune or a.tune_only:
+        version, frames, size = cases[0]
+        models = {version: wan_vae(version, bool(a.comfy), a.cpu_check).to(devices[0], dtype)}
+        res["tune"] = {"case": f"{version} {frames} frames {size[0]}x{size[1]}",
+                       **tune(version, frames, size, models[version], devices, dtype)}
     res["total_s"] = round(time.perf_counter() - t0, 1)
     write_json(a.out, res)
 

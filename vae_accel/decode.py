@@ -68,7 +68,8 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
     bar = make_progress(o.progress, total=B * steps_for(len(plan.tiles((H, W))), T, plan.slice_len))
     split = stem_split.split_parts(graph.stem) if o.split_stem and len(devices) > 1 else None
     weighted = Seq([graph.stem, graph.up]) if split is not None else graph.up  # what other devices need weights of
-    workers = multi_device.make_workers(devices, o, ctx, find_module(vae), weighted, sink)  # none: one device
+    with phase("vae.devices_ready", devices=len(devices)):
+        workers = multi_device.make_workers(devices, o, ctx, find_module(vae), weighted, sink)  # none: one device
     with torch.inference_mode(), conv_autotune(o.conv_autotune):
         for b in range(B):
             with phase("vae.stem", frames=T, split=split is not None and bool(workers)):
@@ -83,7 +84,8 @@ def decode(vae, latent: torch.Tensor, options: RunOptions | None = None, *, layo
             del stem_out
         with phase("vae.copies"):
             out = sink.finish()
-    multi_device.finish(workers, "decode")
+    with phase("vae.devices_released", devices=len(devices)):
+        multi_device.finish(workers, "decode")
     bar.close()
     return out
 

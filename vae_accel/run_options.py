@@ -33,9 +33,11 @@ class RunOptions:
     buffer with the residual add fused in, by Triton on CUDA, else torch); None (default) and True: on,
     False: the plain ops (benches compare the two). ``devices`` spreads the tiles over several devices
     (multi_device; devices.resolve_devices reads it): None, the main device alone; ``"auto"``; or a
-    sequence such as ``("cuda:0", "cuda:1")``. The encode's middle block stays on ``device``; with several
-    devices the decode's stem is split by rows over them (stem_split; ``split_stem=False`` keeps it on
-    ``device``: two H200s, Wan 2.1 decode 1.42x -> 1.61x at 81 frames, 1.57x -> 1.98x at 161).
+    sequence such as ``("cuda:0", "cuda:1")``. The encode's middle block stays on ``device``, and so does
+    the decode's stem unless ``split_stem`` (stem_split: by rows over the devices). Off by default: it
+    paid while the stem took a fifth of the decode, but with the fast kernels the stem takes 0.08 s of a
+    2.06 s Wan 2.1 decode and the split's exchanges cost more than they save (two H200s, warm, 1.48x
+    against 1.41x split; bench/results/vae_multi_gpu_2xh200.json).
     ``conv_autotune``: cuDNN's algorithm search (benchmark mode) for this call's convolutions, restored after
     it; off: on an H200 it gained nothing warm and cost 5.7 s on a process's first decode
     (bench/results/vae_kernels_autotune_h200.json), kept for other GPUs' benches."""
@@ -52,7 +54,7 @@ class RunOptions:
     weights: WeightSource | None = None
     kernels: bool | None = None
     devices: tuple | str | None = None
-    split_stem: bool = True
+    split_stem: bool = False
     conv_autotune: bool = False
 
     @classmethod
