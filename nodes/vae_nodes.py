@@ -33,11 +33,11 @@ def _plan_inputs() -> list:
         io.String.Input("devices", default=AUTO, optional=True,
                         tooltip="GPUs that share the VAE's tiles. auto: every visible GPU with enough free memory, "
                                 "the VAE's own GPU first (on one GPU, or on the CPU, just that device, as without "
-                                "this input). Or CUDA indices such as 0,1. The frames match a one-GPU run within bf16 rounding. "
+                                "this input). Or CUDA indices such as 0,1. The frames equal a one-GPU run's (bitwise when its tiles are the same). "
                                 "Each extra GPU holds a copy of the VAE's weights for the call and the plan's "
                                 "budget; one that fails or runs out of memory hands its tiles to the others. "
                                 "Encode shares only a plan of more than one tile (tiled by max_vram_gb or "
-                                "tile_size); the decode's stem is split by rows over the GPUs, the encode's middle block runs on the VAE's own GPU."),
+                                "tile_size); the decode's stem and the encode's middle block run on the VAE's own GPU."),
     ]
 
 

@@ -13,8 +13,10 @@ kept it at 1.5-1.7x one device (docs/multi_gpu.md). Here each device computes a 
 
 Each output pixel is computed from the same inputs as on one device (the attention's softmax over the same
 keys), so the result equals the one-device stem up to floating-point rounding (equal within 1e-5 in float32
-in the CPU tests; not bitwise, since convolutions over bands may pick other kernels). On by default with
-several devices (RunOptions.split_stem; two H200s: bench/results/vae_multi_gpu_split_2xh200.json). Any
+in the CPU tests; not bitwise, since convolutions over bands may pick other kernels). Off by default since
+the fast kernels made the stem 0.08 s of a 2.1 s decode and the exchanges cost more than the split saves
+(RunOptions.split_stem; two H200s: bench/results/vae_multi_gpu_split_2xh200.json before, vae_multi_gpu_2xh200.json
+after). Any
 failure on any device (an error, out of memory) stops every band and the decode runs the stem on the main
 device instead, with its own out-of-memory handling: the stem is redone, nothing else is lost.
 """
