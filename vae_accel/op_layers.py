@@ -221,9 +221,12 @@ class FrameAttention(Op):
         rh = rows.y1 - rows.y0
         q = q.reshape(b * t, 1, h, w, c)[:, :, rows.y0 : rows.y1].reshape(b * t, 1, rh * w, c)
         a = F.scaled_dot_product_attention(q, k, v)
-        a = a.reshape(b, t, rh, w, c).permute(0, 4, 1, 2, 3)
+        a = a.reshape(b, t, rh, w, c).permute(0, 4, 1, 2, 3)  # channels-last already: no copy for that layout
+        # the projection's output keeps its input's layout: contiguous here would hand the next norm kernel
+        # strides that depend on the frame width (a new Triton binary per width class, compiled mid-call)
+        a = a.contiguous(memory_format=torch.channels_last_3d if ctx.channels_last else torch.contiguous_format)
         with ctx.weights((self.key, "proj"), self.proj(), as_3d=True) as (wp, bp):
-            return F.conv3d(a.contiguous(), wp, bp).add_(x[:, :, :, rows.y0 : rows.y1])
+            return F.conv3d(a, wp, bp).add_(x[:, :, :, rows.y0 : rows.y1])
 
 
 class TakeChannels(Op):
