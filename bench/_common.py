@@ -120,14 +120,34 @@ def write_json(path: str, data: dict) -> None:
     print(json.dumps(data, indent=1))
 
 
-def timed(device: torch.device, fn):
-    """(output, {"s", "peak_gib"}) of one call, or (None, {"oom": True}) when it runs out of memory."""
+def timed(device: torch.device, fn, warm: int = 0):
+    """(output, {"s", "peak_gib", "extra_gib"}) of one call, or (None, {"oom": True}) when it runs out of
+    memory; ``s`` is the first call's seconds. With ``warm`` > 0 the call is repeated that many times
+    (outputs dropped) and ``warm_s`` is the best of them: a configuration's first call in a process pays
+    for new shapes (cuDNN plans, kernel binaries, the allocator's growth) that later calls do not."""
     import gc
 
     gc.collect()
     try:
         with Timer(device) as t:
             out = fn()
+        stats = {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3), "extra_gib": round(t.extra_gib, 3)}
+        again = []
+        for _ in range(warm):
+            with Timer(device) as t:
+                fn()
+            again.append(t.seconds)
     except torch.OutOfMemoryError:
         return None, {"oom": True}
-    return out, {"s": round(t.seconds, 3), "peak_gib": round(t.peak_gib, 3)}
+    if again:
+        stats["warm_s"] = round(min(again), 3)
+    return out, stats
+
+
+def speedups(row: dict, mine: str, anchors) -> None:
+    """``row[mine]`` gets its speedup over each anchor in ``row``: first calls (``s``) and, where both have
+    them, best warm calls (``warm_s``)."""
+    for anchor in anchors:
+        for key, label in (("s", ""), ("warm_s", "_warm")):
+            if key in row.get(mine, {}) and key in row.get(anchor, {}):
+                row[mine][f"speedup_vs_{anchor}{label}"] = round(row[anchor][key] / row[mine][key], 3)

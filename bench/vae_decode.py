@@ -1,8 +1,9 @@
 """Wan VAE decode: our engine against ComfyUI's native ``VAE.decode`` and ``VAE.decode_tiled``.
 
 Full-size Wan 2.1 VAE (dim 96) with random weights in bf16 at 81 and 161 frames of 1216x832
-(and the Wan 2.2 VAE at 1280x704): seconds, peak VRAM, error against an fp32 reference decode,
-ratios against the anchors measured in the same run. Writes JSON.
+(and the Wan 2.2 VAE at 1280x704): seconds of each configuration's first call in the process (``s``) and
+best of ``--warm`` calls after it (``warm_s``), peak VRAM, error against an fp32 reference decode, ratios
+against the anchors measured in the same run. Writes JSON.
 
     python bench/vae_decode.py --comfy /path/to/ComfyUI --out bench/results/vae_decode.json
 """
@@ -12,7 +13,7 @@ import argparse
 
 import torch
 
-from _common import error_stats, randomise_, timed, vae_bench_start, write_json
+from _common import error_stats, randomise_, speedups, timed, vae_bench_start, write_json
 
 
 def comfy_wan21(dim: int):
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--size", default="1216x832")
     p.add_argument("--sweep", action="store_true", help="also time tile/slice/option variants")
     p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
+    p.add_argument("--warm", type=int, default=2, help="calls after each configuration's first; the best is warm_s")
     p.add_argument("--out", default="bench/results/vae_decode.json")
     a = p.parse_args()
     dev, H, W, res = vae_bench_start(a)
@@ -74,7 +76,7 @@ def main() -> None:
         torch.cuda.empty_cache()
 
         def record(name, fn):
-            out, row[name] = timed(dev, fn)
+            out, row[name] = timed(dev, fn, warm=a.warm)
             if out is not None:
                 row[name].update({k: round(v, 5) for k, v in error_stats(out.reshape(ref.shape), ref).items()})
             print(F, name, row[name], flush=True)
@@ -99,9 +101,7 @@ def main() -> None:
             record("ours_no_fused_norm", lambda: decode(bf16, z, layout="comfy", budget_bytes=2 * 2**30, fused_norm=False, progress=False))
             record("ours_fp32_vs_fp32", lambda: decode(fp32, z, layout="comfy", budget_bytes=4 * 2**30, progress=False))
         for k in ("ours_default", "ours_2gib"):
-            for anchor in ("native_module.decode", "native_VAE.decode", "comfy_decode_tiled_512_64_64_8"):
-                if "s" in row[k] and "s" in row[anchor]:
-                    row[k][f"speedup_vs_{anchor}"] = round(row[anchor]["s"] / row[k]["s"], 3)
+            speedups(row, k, ("native_module.decode", "native_VAE.decode", "comfy_decode_tiled_512_64_64_8"))
         res["runs"].append(row)
         del ref
         torch.cuda.empty_cache()
@@ -117,10 +117,12 @@ def main() -> None:
         for name, fn in [("native_VAE.decode", lambda: vae22.decode(z)),
                          ("ours_default", lambda: decode(vae22.first_stage_model, z, layout="comfy", progress=False)),
                          ("ours_2gib", lambda: decode(vae22.first_stage_model, z, layout="comfy", budget_bytes=2 * 2**30, progress=False))]:
-            out, row[name] = timed(dev, fn)
+            out, row[name] = timed(dev, fn, warm=a.warm)
             if out is not None:
                 row[name].update(error_stats(out.reshape(ref.shape), ref))
             print(name, row[name], flush=True)
+        for k in ("ours_default", "ours_2gib"):
+            speedups(row, k, ("native_VAE.decode",))
         res["wan22"] = row
     write_json(a.out, res)
 

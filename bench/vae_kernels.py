@@ -8,7 +8,8 @@ Per configuration (native ``comfy.sd.VAE``, ours ``kernels=False``, ours default
 and best warm call (seconds), peak VRAM over the call, PSNR against the fp32 module's own decode/encode (for
 latents: peak = the reference's range), which path the norm kernel took (Triton, or torch and why) and the
 kernels' log lines; ratios against native. ``fresh``: the first decode of a fresh process (Wan 2.1 decode:
-native, ours plain, ours with an empty and with a warm Triton cache). ``profile``: top CUDA kernels of one
+native, ours plain, ours with an empty and with a warm Triton cache, ours after the warm-up at load; each of ours
+then runs ``--fresh-then``'s first calls; every call lists the norm kernel variants it compiled). ``profile``: top CUDA kernels of one
 warm default decode. Writes JSON after every part (a run cut short keeps what ran).
 
 ComfyUI is started the way main.py does (bench/comfy_boot.py: comfy-aimdo first where the release has it);
@@ -58,6 +59,9 @@ def parse():
     p.add_argument("--cpu-check", action="store_true", help="tiny sizes on the CPU in fp32, one warm call, no time budget; "
                                                              "fails unless ours is exact")
     p.add_argument("--first-call", help=argparse.SUPPRESS)  # internal: "workload:config", one call in this fresh process
+    p.add_argument("--then", help=argparse.SUPPRESS)  # internal: workloads the fresh child runs after its timed call
+    p.add_argument("--fresh-then", default="decode22,encode21",
+                   help="in each fresh process of ours, these workloads' first calls after the Wan 2.1 decode ('' none)")
     p.add_argument("--fresh-only", help="comma list of fresh-process labels to run (default: all)")
     p.add_argument("--out", default="bench/results/vae_kernels.json")
     a = p.parse_args()
@@ -266,6 +270,20 @@ def cubins() -> int:
     return sum(f.endswith(".cubin") for _, _, files in os.walk(root) for f in files) if root else -1
 
 
+def norm_variants() -> set[str]:
+    """The norm kernel's variants compiled or loaded in this process: Triton's in-memory cache keys (every
+    argument's dtype and specialisation, the constants and options), so a call's new ones say what it compiled."""
+    from wan_accel.vae_accel.kernels import availability
+
+    module = availability.triton_module("norm_act_triton")
+    if module is None:
+        return set()
+    keys = set()
+    for entry in getattr(module.kernel(), "device_caches", {}).values():
+        keys.update(map(str, entry[0]))
+    return keys
+
+
 def first_call_child(a, dev, dtype, comfy):
     """In the child: build everything untimed, then time one call of one configuration; one JSON line.
     ``+warmup``: the kernel warm-up starts first, as ComfyUI starts it when it loads our nodes, and the call
@@ -299,11 +317,24 @@ def first_call_child(a, dev, dtype, comfy):
                  "built_after_s": round(time.perf_counter() - started, 3)}
         if thread is not None:
             thread.join()  # as in ComfyUI, where the first decode comes minutes after start-up (warmup.wait would stop it)
-    before = cubins()
+    before, variants = cubins(), norm_variants()
     _, stats = timed_call(dev, fn)  # native's includes ComfyUI moving the weights to the GPU, as in a real first run
     if warm:
         extra["warmup"] = dict(warmup.last_result)
+        extra["variants_from_warmup"] = sorted(variants)
+    extra["variants_new_in_call"] = sorted(norm_variants() - variants)
     print(json.dumps({**stats, **extra, "cubins_compiled_in_call": cubins() - before, "cubins_total": cubins()}))
+    for then in filter(None, (a.then or "").split(",")):  # the other workloads' first calls, ours only
+        kind, version, frames, h, w = WORKLOADS[then]
+        if a.cpu_check:
+            frames, h, w = CPU_SIZE
+        model = build_module(version, comfy).to(dev, dtype)
+        fn = configurations(kind, model, None, inputs(kind, version, frames, h, w)[0])[config]
+        before, variants = cubins(), norm_variants()
+        _, stats = timed_call(dev, fn)
+        print(json.dumps({"then": then, **stats, "variants_new_in_call": sorted(norm_variants() - variants),
+                          "cubins_compiled_in_call": cubins() - before}))
+        del model, fn
 
 
 def fresh_processes(a, comfy):
@@ -319,10 +350,13 @@ def fresh_processes(a, comfy):
     for label, config, triton_cache in plan:
         cmd = [sys.executable, os.path.abspath(__file__), f"--first-call=decode21:{config}", f"--comfy={a.comfy}"]
         cmd += ["--cpu-check"] if a.cpu_check else []
+        cmd += [f"--then={a.fresh_then}"] if a.fresh_then and config != "native" else []
         env = dict(os.environ, **({"TRITON_CACHE_DIR": triton_cache} if triton_cache else {}))
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-        runs[label] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": (done.stdout + done.stderr)[-2000:]}
+        lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
+        first = [ln for ln in lines if "then" not in ln]
+        runs[label] = first[0] if done.returncode == 0 and first else {"error": (done.stdout + done.stderr)[-2000:]}
+        runs[label].update({f"then_{ln['then']}": ln for ln in lines if "then" in ln})
         print("fresh process decode21", label, runs[label], flush=True)
     return runs
 
