@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: import this repo as ``wan_accel`` (as ComfyUI would) and ComfyUI itself."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -34,6 +35,18 @@ def load_comfy(path: str | None):
     import comfy.model_management  # noqa: F401
 
     return path
+
+
+def vae_bench_args(description: str, out: str) -> argparse.ArgumentParser:
+    """The options bench/vae_decode.py and bench/vae_encode.py share; each adds its own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfy", required=True, help="ComfyUI checkout (the anchors)")
+    p.add_argument("--frames", type=int, nargs="+", default=[81, 161])
+    p.add_argument("--size", default="1216x832", help="HxW of the Wan 2.1 case")
+    p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
+    p.add_argument("--warm", type=int, default=2, help="calls after each configuration's first; the best is warm_s")
+    p.add_argument("--out", default=out)
+    return p
 
 
 def vae_bench_start(a) -> tuple[torch.device, int, int, dict]:

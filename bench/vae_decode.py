@@ -9,11 +9,9 @@ against the anchors measured in the same run. Writes JSON.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from _common import error_stats, randomise_, speedups, timed, vae_bench_start, write_json
+from _common import error_stats, randomise_, speedups, timed, vae_bench_args, vae_bench_start, write_json
 
 
 def comfy_wan21(dim: int):
@@ -37,14 +35,8 @@ def to01(x_raw_bcthw: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--comfy", required=True, help="ComfyUI checkout (the anchors)")
-    p.add_argument("--frames", type=int, nargs="+", default=[81, 161])
-    p.add_argument("--size", default="1216x832")
+    p = vae_bench_args(__doc__, "bench/results/vae_decode.json")
     p.add_argument("--sweep", action="store_true", help="also time tile/slice/option variants")
-    p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
-    p.add_argument("--warm", type=int, default=2, help="calls after each configuration's first; the best is warm_s")
-    p.add_argument("--out", default="bench/results/vae_decode.json")
     a = p.parse_args()
     dev, H, W, res = vae_bench_start(a)
     from wan_accel.vae_accel import decode

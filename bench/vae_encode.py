@@ -7,11 +7,9 @@ calls after it, ``warm_s``), peak VRAM, relative error against an fp32 reference
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from _common import speedups, timed, vae_bench_start, write_json
+from _common import speedups, timed, vae_bench_args, vae_bench_start, write_json
 from vae_decode import comfy_wan21, comfy_wan22
 
 
@@ -27,13 +25,7 @@ def i2v_video(frames: int, h: int, w: int) -> torch.Tensor:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--comfy", required=True)
-    p.add_argument("--frames", type=int, nargs="+", default=[81, 161])
-    p.add_argument("--size", default="1216x832")
-    p.add_argument("--wan22", action="store_true", help="also the Wan 2.2 VAE at 1280x704")
-    p.add_argument("--warm", type=int, default=2, help="calls after each configuration's first; the best is warm_s")
-    p.add_argument("--out", default="bench/results/vae_encode.json")
+    p = vae_bench_args(__doc__, "bench/results/vae_encode.json")
     a = p.parse_args()
     dev, H, W, res = vae_bench_start(a)
     import comfy.sd
