@@ -90,7 +90,9 @@ def test_warm_up_compiles_every_kernel_variant_a_larger_real_decode_and_encode_n
         recording.keys.clear()
         call()
         assert recording.keys, name
-        missed.update({name: sorted(" ".join(k[2]) for k in recording.keys - warmed)} if recording.keys - warmed else {})
+        new = recording.keys - warmed
+        if new:
+            missed[name] = sorted(" ".join(k[2]) for k in new)
     assert not missed  # the name of each call and the integer patterns of the binaries it would compile
 
 
