@@ -309,6 +309,19 @@ CHIP_CHECK_JS = """(() => {
 })()"""
 
 
+# True once the Vue node boxes (at least the given count) lie at distinct spots on the screen.
+VUE_NODES_SPREAD_JS = """(() => {
+  const boxes = new Map();  // each node's largest element (its slots carry the node's id too)
+  for (const el of document.querySelectorAll('[data-node-id]')) {
+    if (el.closest('#wan-accel-telemetry-layer')) continue;
+    const r = el.getBoundingClientRect(), id = el.getAttribute('data-node-id'), old = boxes.get(id);
+    if (r.width > 0 && (!old || r.width * r.height > old.width * old.height)) boxes.set(id, r);
+  }
+  const spots = new Set([...boxes.values()].map(r => Math.round(r.left / 40) + ',' + Math.round(r.top / 40)));
+  return boxes.size >= %d && spots.size === boxes.size;
+})()"""
+
+
 def _open_page(server, cdp, vue: bool) -> None:
     base = server["base"]
     _prepare_settings(base, vue)
@@ -325,9 +338,14 @@ def _open_page(server, cdp, vue: bool) -> None:
 def _load_workflow(cdp, prompt: dict, vue: bool) -> None:
     cdp.eval(f"app.loadApiJson({json.dumps(prompt)}, 'telemetry.json')")
     cdp.wait("(app.graph._nodes ?? app.graph.nodes).length > 0", what="workflow loaded")
+    if vue:  # the Vue renderer takes node positions into its own layout store once it has mounted them
+        cdp.wait(f"new Set([...document.querySelectorAll('[data-node-id]')].map(e => e.getAttribute('data-node-id'))).size"
+                 f" >= {len(prompt)}", what="Vue nodes mounted")
     cdp.eval(_layout_js(vue))
     if vue:  # the Vue renderer keeps its own layout: reload the graph with the positions just set
         cdp.eval("app.loadGraphData(app.graph.serialize())")
+        # each node where the layout put it, not stacked at one spot (a race seen on the 0.3.64 front end)
+        cdp.wait(VUE_NODES_SPREAD_JS % len(prompt), timeout=20, what="Vue nodes at their laid-out positions")
         time.sleep(1.5)
 
 
