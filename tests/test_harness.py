@@ -152,7 +152,9 @@ def test_stopping_a_browser_stops_its_whole_process_group_before_its_profile_goe
     script = (f"(trap '' TERM; while true; do touch {profile}/helper_$$_$RANDOM; sleep 0.05; done) & "
               "exec sleep 60")
     proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
-    time.sleep(0.3)
+    deadline = time.time() + 10  # the helper has started writing (slow to start on a loaded CI machine)
+    while not any(profile.iterdir()) and time.time() < deadline:
+        time.sleep(0.05)
     assert any(profile.iterdir())
     stop_process_group(proc, timeout=1)
     try:

@@ -185,7 +185,9 @@ def test_a_call_stops_the_warm_up_after_its_current_pass(monkeypatch):
 
     monkeypatch.setattr(warmup, "warm_up", slow_warm_up)
     warmup.start_background(lambda: iter([("first", "a"), ("second", "b")]), "cpu", torch.float32)
-    time.sleep(0.2)
+    deadline = time.time() + 10  # the first pass under way (the thread may start late on a loaded machine)
+    while warmed != ["a"] and time.time() < deadline:
+        time.sleep(0.01)
     threading.Timer(0.3, release.set).start()
     assert warmup.wait() > 0.2  # waited for the pass under way only
     assert warmed == ["a"]
