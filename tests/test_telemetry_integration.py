@@ -278,10 +278,8 @@ def _layout_js(vue: bool) -> str:
 })()"""
 
 
-# Every chip our Vue layer shows, found by our own attributes, and what it covers: any Vue node's box
-# (its widgets) or a group's title bar. Computed here from the page, independently of the layer's code.
-CHIP_CHECK_JS = """(() => {
-  const hit = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 0.5 && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 0.5;
+# Each Vue node's screen box by node id: its largest element carrying the id (its slots carry it too).
+NODE_BOXES_JS = """
   const boxes = new Map();
   for (const el of document.querySelectorAll('[data-node-id]')) {
     if (el.closest('#wan-accel-telemetry-layer')) continue;
@@ -289,6 +287,13 @@ CHIP_CHECK_JS = """(() => {
     const old = boxes.get(id);
     if (r.width > 0 && (!old || r.width * r.height > old.width * old.height)) boxes.set(id, r);
   }
+"""
+
+# Every chip our Vue layer shows, found by our own attributes, and what it covers: any Vue node's box
+# (its widgets) or a group's title bar. Computed here from the page, independently of the layer's code.
+CHIP_CHECK_JS = """(() => {
+  const hit = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 0.5 && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 0.5;
+""" + NODE_BOXES_JS + """
   const ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
   const titles = (app.graph._groups ?? app.graph.groups ?? []).map(g => { const p = g._pos ?? g.pos, s = g._size ?? g.size;
     const h = (g.titleHeight ?? LiteGraph.NODE_TITLE_HEIGHT) * ds.scale; const left = box.left + (p[0] + ds.offset[0]) * ds.scale;
@@ -310,13 +315,7 @@ CHIP_CHECK_JS = """(() => {
 
 
 # True once the Vue node boxes (at least the given count) lie at distinct spots on the screen.
-VUE_NODES_SPREAD_JS = """(() => {
-  const boxes = new Map();  // each node's largest element (its slots carry the node's id too)
-  for (const el of document.querySelectorAll('[data-node-id]')) {
-    if (el.closest('#wan-accel-telemetry-layer')) continue;
-    const r = el.getBoundingClientRect(), id = el.getAttribute('data-node-id'), old = boxes.get(id);
-    if (r.width > 0 && (!old || r.width * r.height > old.width * old.height)) boxes.set(id, r);
-  }
+VUE_NODES_SPREAD_JS = "(() => {" + NODE_BOXES_JS + """
   const spots = new Set([...boxes.values()].map(r => Math.round(r.left / 40) + ',' + Math.round(r.top / 40)));
   return boxes.size >= %d && spots.size === boxes.size;
 })()"""
